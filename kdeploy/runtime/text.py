@@ -1,0 +1,53 @@
+"""Tokenization for the device side: the `tokenizers` library's fast batch encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kdeploy.errors import ModelError
+
+
+class TextEncoder:
+    """texts -> numpy feeds (input_ids, attention_mask, token_type_ids), dynamic padding."""
+
+    def __init__(self, tokenizer_file: Path | str, max_length: int):
+        from tokenizers import Tokenizer
+
+        path = Path(tokenizer_file)
+        if not path.is_file():
+            raise ModelError(
+                f"tokenizer file {path} does not exist",
+                where=str(path),
+                fix="the model dir needs tokenizer.json (a fast tokenizer)",
+            )
+        try:
+            self.tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a bare Exception
+            raise ModelError(f"cannot load tokenizer {path}: {exc}", where=str(path)) from None
+        self.max_length = max_length
+        self.tokenizer.enable_truncation(max_length=max_length)
+        pad = self.tokenizer.padding or {}
+        pad_id = pad.get("pad_id", 0)
+        pad_token = pad.get("pad_token", "[PAD]")
+        self._padding = {"pad_id": pad_id, "pad_token": pad_token}
+        self.tokenizer.enable_padding(**self._padding)
+
+    def encode(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, np.ndarray]:
+        if pairs is not None:
+            encs = self.tokenizer.encode_batch(list(zip(texts, pairs, strict=True)))
+        else:
+            encs = self.tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encs], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
+        types = np.array([e.type_ids for e in encs], dtype=np.int64)
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+    def lengths(self, texts: list[str]) -> list[int]:
+        """Token counts after truncation (no padding), for length bucketing."""
+        self.tokenizer.no_padding()
+        try:
+            return [len(e.ids) for e in self.tokenizer.encode_batch(texts)]
+        finally:
+            self.tokenizer.enable_padding(**self._padding)

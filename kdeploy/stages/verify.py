@@ -1,0 +1,173 @@
+"""verify: the task metric of every model on the eval split, retention vs the teacher, and
+the profile's budgets. Torch-free: runs on the device.
+
+STS: Spearman (x100) of cosine(embedding1, embedding2) against the gold scores.
+Classification: accuracy (x100).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kdeploy.data import Split, load_task_data
+from kdeploy.errors import DataError
+from kdeploy.profiles import Budgets, Profile
+from kdeploy.runtime.metrics import accuracy, cosine_rows, spearman
+from kdeploy.runtime.model import Classifier, Encoder, open_model
+from kdeploy.stages import StageContext, StageResult
+from kdeploy.stages.bench import run_models
+
+CONSUMES = ("teacher_onnx", "teacher_int8?", "student_onnx", "student_int8?", "dataset", "bench")
+PRODUCES = ("verify",)
+TOOLS = ("onnxruntime", "tokenizers", "numpy")
+
+
+def enabled(profile: Profile) -> bool:
+    return True
+
+
+def config(profile: Profile) -> dict:
+    return {"verify": profile.verify.model_dump(mode="json"), "threads": profile.target.threads}
+
+
+def evaluate(
+    model_dir: Path, split: Split, *, threads: int | None, batch_size: int, limit: int | None = None
+) -> dict:
+    """Task metric of one model dir on one labelled split."""
+    if split.labels is None:
+        raise DataError(f"{split.path} has no labels to evaluate against", where=str(split.path))
+    n = min(len(split), limit) if limit else len(split)
+    if n < 2:
+        raise DataError(
+            f"{split.path} has {n} example(s); at least 2 are needed to evaluate",
+            where=str(split.path),
+        )
+    with open_model(model_dir, threads=threads, batch_size=batch_size) as model:
+        if isinstance(model, Encoder):
+            if split.texts_b is None:
+                raise DataError(
+                    f"{split.path} has no sentence2 column for STS evaluation",
+                    where=str(split.path),
+                )
+            a = model.embed(split.texts_a[:n])
+            b = model.embed(split.texts_b[:n])
+            score = spearman(cosine_rows(a, b), np.asarray(split.labels[:n]))
+            return {"metric": "spearman", "value": 100 * score, "examples": n}
+        assert isinstance(model, Classifier)
+        pred, _ = model.predict(
+            split.texts_a[:n], None if split.texts_b is None else split.texts_b[:n]
+        )
+        return {
+            "metric": "accuracy",
+            "value": 100 * accuracy(pred, np.asarray(split.labels[:n])),
+            "examples": n,
+        }
+
+
+def deploy_name(models: dict[str, Path]) -> str:
+    """The model the run delivers: the last one the chain produced."""
+    return "student_int8" if "student_int8" in models else "student_fp32"
+
+
+def check_budgets(budgets: Budgets, results: dict, bench: dict | None, deploy: str) -> list[dict]:
+    rows: list[dict] = []
+    if budgets.min_retention is not None:
+        r = results[deploy]["retention"]
+        rows.append(
+            {
+                "name": "min_retention",
+                "limit": budgets.min_retention,
+                "value": r,
+                "passed": r >= budgets.min_retention,
+                "detail": f"{deploy} metric / teacher_fp32 metric",
+            }
+        )
+    bench_models = (bench or {}).get("models", {})
+    lat = budgets.max_latency
+    if lat is not None:
+        grid = bench_models.get(deploy, {}).get("latency", [])
+        cell = next(
+            (g for g in grid if g["batch"] == lat.batch and g["sequence"] == lat.sequence), None
+        )
+        for pct, limit in (("p50", lat.p50_ms), ("p99", lat.p99_ms)):
+            if limit is None:
+                continue
+            value = cell[f"{pct}_ms"] if cell else None
+            rows.append(
+                {
+                    "name": f"max_latency_{pct}",
+                    "limit": limit,
+                    "value": value,
+                    "passed": value is not None and value <= limit,
+                    "detail": f"batch {lat.batch} x sequence {lat.sequence}, ms"
+                    + ("" if cell else " (not measured by bench)"),
+                }
+            )
+    sp = budgets.min_speedup
+    if sp is not None:
+        mine = bench_models.get(deploy, {}).get("throughput", {}).get("sentences_per_s")
+        ref = bench_models.get(sp.over, {}).get("throughput", {}).get("sentences_per_s")
+        value = mine / ref if mine and ref else None
+        rows.append(
+            {
+                "name": "min_speedup",
+                "limit": sp.ratio,
+                "value": value,
+                "passed": value is not None and value >= sp.ratio,
+                "detail": f"{deploy} sentences/s / {sp.over} sentences/s",
+            }
+        )
+    return rows
+
+
+def verify_models(
+    models: dict[str, Path], data_dir: Path, profile: Profile, bench: dict | None, log=print
+) -> dict:
+    cfg = profile.verify
+    data = load_task_data(data_dir, need_train=False)
+    split = data.eval_split(cfg.eval_split)
+    results: dict[str, dict] = {}
+    for name, mdir in models.items():
+        results[name] = evaluate(
+            mdir,
+            split,
+            threads=profile.target.threads,
+            batch_size=cfg.batch_size,
+            limit=cfg.max_eval_examples,
+        )
+        log(
+            f"{name}: {results[name]['metric']} {results[name]['value']:.2f} on "
+            f"{split.name} ({results[name]['examples']} examples)"
+        )
+    ref = results["teacher_fp32"]["value"]
+    for r in results.values():
+        r["retention"] = r["value"] / ref if ref else None
+    deploy = deploy_name(models)
+    budgets = check_budgets(cfg.budgets, results, bench, deploy)
+    return {
+        "split": split.name,
+        "task": data.task,
+        "deploy": deploy,
+        "models": results,
+        "budgets": budgets,
+        "passed": all(b["passed"] for b in budgets),
+    }
+
+
+def run(ctx: StageContext) -> StageResult:
+    from kdeploy.fsutil import atomic_write_json, read_json
+
+    bench = read_json(ctx.input("bench"))
+    result = verify_models(
+        run_models(ctx.inputs), ctx.input("dataset"), ctx.profile, bench, log=ctx.log
+    )
+    for b in result["budgets"]:
+        ctx.log(
+            f"budget {b['name']}: {'pass' if b['passed'] else 'MISSED'} "
+            f"(value {b['value']}, limit {b['limit']})"
+        )
+    path = ctx.work_dir / "verify.json"
+    atomic_write_json(path, result)
+    return StageResult(outputs={"verify": path}, metrics=result)

@@ -1,0 +1,177 @@
+"""ONNX export through optimum, then a numeric check against torch on real sentences.
+
+Embedding models are exported as sentence-transformers pipelines (transformer + pooling
+[+ normalize]) so the graph's ``sentence_embedding`` output is the finished vector;
+classifiers as ``text-classification`` with a ``logits`` output. Both get dynamic batch and
+sequence axes from optimum's BERT ONNX config.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdeploy.errors import ExportError
+from kdeploy.model_info import ModelInfo
+from kdeploy.runtime.card import ModelCard
+from kdeploy.runtime.metrics import cosine_rows
+from kdeploy.runtime.runners import OrtRunner
+from kdeploy.runtime.text import TextEncoder
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+KEEP_FILES = ("model.onnx", "tokenizer.json", "config.json")
+
+
+def _load_torch(info: ModelInfo, allow_pickle: bool):
+    if info.kind == "embedding":
+        from sentence_transformers import SentenceTransformer
+
+        kwargs = {} if info.safetensors else {"model_kwargs": {"use_safetensors": False}}
+        if not info.safetensors and not allow_pickle:
+            raise ExportError(f"{info.path} has only pickle weights; pass --allow-pickle")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return SentenceTransformer(
+                str(info.path),
+                device="cpu",
+                local_files_only=True,
+                trust_remote_code=False,
+                **kwargs,
+            )
+    from kdeploy.train.loading import load_hf_model
+
+    return load_hf_model(info, allow_pickle=allow_pickle)
+
+
+def export_onnx(
+    info: ModelInfo,
+    out_dir: Path,
+    *,
+    opset: int,
+    role: str,
+    allow_pickle: bool = False,
+) -> ModelCard:
+    """Write ``out_dir/model.onnx`` + tokenizer + kdeploy_model.json; return the card."""
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    model = _load_torch(info, allow_pickle)
+    task = "feature-extraction" if info.kind == "embedding" else "text-classification"
+    tmp = out_dir.with_name(out_dir.name + ".export")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            onnx_export_from_model(
+                model, tmp, opset=opset, task=task, do_validation=False, device="cpu"
+            )
+    except Exception as exc:
+        raise ExportError(
+            f"optimum could not export {info.path} to ONNX: {type(exc).__name__}: {exc}",
+            where=str(info.path),
+        ) from exc
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in KEEP_FILES:
+        if (tmp / name).is_file():
+            shutil.move(str(tmp / name), out_dir / name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    if not (out_dir / "tokenizer.json").is_file():
+        raise ExportError(
+            f"{info.path} has no fast tokenizer (tokenizer.json)",
+            where=str(info.path),
+            fix="save the tokenizer with use_fast=True",
+        )
+    labels = None
+    if info.kind == "classification":
+        id2label = getattr(model.config, "id2label", None) or {}
+        labels = [str(id2label.get(i, i)) for i in range(len(id2label))] or None
+    card = ModelCard(
+        task=info.kind,
+        output="sentence_embedding" if info.kind == "embedding" else "logits",
+        max_seq_length=info.max_seq_length,
+        role=role,
+        precision="fp32",
+        pooling=info.pooling if info.kind == "embedding" else None,
+        normalize=info.normalize,
+        labels=labels,
+        extra={"layers": info.num_layers, "hidden_size": info.hidden_size},
+    )
+    card.save(out_dir)
+    return card
+
+
+def check_onnx(path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:
+        raise ExportError(f"onnx.checker rejected {path}: {exc}", where=str(path)) from None
+
+
+@torch.inference_mode()
+def torch_outputs(
+    info: ModelInfo, texts: list[str], allow_pickle: bool = False, pairs: list[str] | None = None
+) -> np.ndarray:
+    """Reference outputs of the torch model on real texts."""
+    model = _load_torch(info, allow_pickle)
+    if info.kind == "embedding":
+        return model.encode(texts, batch_size=32, convert_to_numpy=True, show_progress_bar=False)
+    from kdeploy.train.loading import load_tokenizer
+
+    tok = load_tokenizer(info.path)
+    enc = tok(
+        texts,
+        pairs,
+        padding=True,
+        truncation=True,
+        max_length=info.max_seq_length,
+        return_tensors="pt",
+    )
+    return model(**enc).logits.float().numpy()
+
+
+def validate_export(
+    info: ModelInfo,
+    model_dir: Path,
+    texts: list[str],
+    *,
+    atol: float,
+    min_cosine: float,
+    allow_pickle: bool = False,
+) -> dict:
+    """Compare torch and ONNX Runtime on the same real sentences (optimum's practice)."""
+    ref = torch_outputs(info, texts, allow_pickle)
+    card = ModelCard.load(model_dir)
+    enc = TextEncoder(model_dir / card.tokenizer_file, card.max_seq_length)
+    with OrtRunner(model_dir / card.model_file, outputs=[card.output]) as runner:
+        got = np.concatenate(
+            [
+                runner.infer(enc.encode(texts[i : i + 32]))[card.output]
+                for i in range(0, len(texts), 32)
+            ]
+        )
+    diff = float(np.abs(ref - got).max())
+    cos = float(cosine_rows(ref, got).min())
+    result = {
+        "texts": len(texts),
+        "max_abs_diff": diff,
+        "min_cosine": cos,
+        "atol": atol,
+        "passed": diff <= atol and cos >= min_cosine,
+    }
+    if not result["passed"]:
+        raise ExportError(
+            f"ONNX output of {model_dir} differs from torch: max |diff| {diff:.2e} "
+            f"(allowed {atol:.1e}), min cosine {cos:.6f} (required {min_cosine})",
+            where=str(model_dir),
+            fix="check the opset and the exporter versions; raise export.atol only if "
+            "the difference is understood",
+        )
+    return result

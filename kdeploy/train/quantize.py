@@ -1,0 +1,141 @@
+"""Post-training INT8 quantization of ONNX models with ONNX Runtime's quantization tools.
+
+Host side (needs the `onnx` package): the device only runs the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import shutil
+from pathlib import Path
+
+import onnx
+
+from kdeploy.profiles import QuantizeConfig
+from kdeploy.runtime.card import ModelCard
+from kdeploy.runtime.text import TextEncoder
+
+SIDECAR_FILES = ("tokenizer.json", "config.json")
+
+
+def _copy_sidecars(src: Path, dst: Path, precision: str) -> ModelCard:
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in SIDECAR_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+    card = ModelCard.load(src)
+    card.precision = precision
+    card.save(dst)
+    return card
+
+
+class _TextCalibration:
+    """onnxruntime CalibrationDataReader over real training texts."""
+
+    def __init__(
+        self, model_dir: Path, texts: list[str], input_names: list[str], batch_size: int = 16
+    ):
+        card = ModelCard.load(model_dir)
+        enc = TextEncoder(model_dir / card.tokenizer_file, card.max_seq_length)
+        self._batches = []
+        for i in range(0, len(texts), batch_size):
+            feeds = enc.encode(texts[i : i + batch_size])
+            self._batches.append({k: v for k, v in feeds.items() if k in input_names})
+        self._it = iter(self._batches)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self._batches)
+
+
+def quantize_student(
+    src_dir: Path, dst_dir: Path, cfg: QuantizeConfig, calibration_texts: list[str]
+) -> dict:
+    """INT8 with the profile's scheme; returns what was done, for the report."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    card = _copy_sidecars(src_dir, dst_dir, "int8")
+    src = src_dir / card.model_file
+    dst = dst_dir / card.model_file
+    qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    # Shape inference cannot type the outputs of contrib ops; FLOAT is right for BERT graphs.
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+    if cfg.method == "dynamic":
+        quantize_dynamic(
+            src,
+            dst,
+            weight_type=qtype[cfg.weight_type],
+            per_channel=cfg.per_channel,
+            op_types_to_quantize=cfg.op_types,
+            extra_options=extra,
+        )
+    else:
+        inputs = [i.name for i in onnx.load(str(src), load_external_data=False).graph.input]
+        reader = _TextCalibration(src_dir, calibration_texts, inputs)
+        quantize_static(
+            src,
+            dst,
+            reader,
+            quant_format=QuantFormat.QDQ if cfg.format == "qdq" else QuantFormat.QOperator,
+            weight_type=qtype[cfg.weight_type],
+            activation_type=qtype[cfg.activation_type],
+            per_channel=cfg.per_channel,
+            op_types_to_quantize=cfg.op_types,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={**extra, "ActivationSymmetric": cfg.activation_type == "int8"},
+        )
+    return {
+        "method": cfg.method,
+        "format": cfg.format if cfg.method == "static" else "qoperator",
+        "per_channel": cfg.per_channel,
+        "weight_type": cfg.weight_type,
+        "activation_type": cfg.activation_type if cfg.method == "static" else "uint8 (dynamic)",
+        "calibration_texts": len(calibration_texts) if cfg.method == "static" else 0,
+        "bytes_before": src.stat().st_size,
+        "bytes_after": dst.stat().st_size,
+    }
+
+
+def optimum_isa_config():
+    """The dynamic-INT8 config optimum users pick for this CPU (what they run today)."""
+    from optimum.onnxruntime import AutoQuantizationConfig
+
+    machine = platform.machine().lower()
+    if machine in ("arm64", "aarch64"):
+        return AutoQuantizationConfig.arm64(is_static=False, per_channel=False)
+    flags = ""
+    with contextlib.suppress(OSError):
+        flags = Path("/proc/cpuinfo").read_text()
+    if "avx512_vnni" in flags:
+        return AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False)
+    if "avx512" in flags:
+        return AutoQuantizationConfig.avx512(is_static=False, per_channel=False)
+    return AutoQuantizationConfig.avx2(is_static=False, per_channel=False)
+
+
+def quantize_with_optimum(src_dir: Path, dst_dir: Path) -> dict:
+    """optimum's ORTQuantizer, dynamic, the ISA's default config: the users' baseline."""
+    from optimum.onnxruntime import ORTQuantizer
+
+    card = _copy_sidecars(src_dir, dst_dir, "int8")
+    qconfig = optimum_isa_config()
+    work = dst_dir / ".optimum"
+    quantizer = ORTQuantizer.from_pretrained(src_dir, file_name=card.model_file)
+    produced = quantizer.quantize(save_dir=work, quantization_config=qconfig)
+    out = next(Path(work).glob("*.onnx")) if Path(produced).is_dir() else Path(produced)
+    shutil.move(str(out), dst_dir / card.model_file)
+    shutil.rmtree(work, ignore_errors=True)
+    return {
+        "tool": "optimum ORTQuantizer",
+        "config": str(qconfig),
+        "bytes_after": (dst_dir / card.model_file).stat().st_size,
+    }

@@ -154,7 +154,7 @@ class ExportShapes(_Strict):
 
 
 class ExportConfig(_Strict):
-    opset: int = Field(default=17, ge=13, le=23)
+    opset: int = Field(default=18, ge=13, le=23)
     shapes: ExportShapes
     atol: float = Field(default=1e-4, gt=0, description="Max abs diff torch vs ONNX.")
     min_cosine: float = Field(default=0.9999, gt=0, le=1)
@@ -229,6 +229,14 @@ class Profile(_Strict):
                     f"verify.budgets.max_latency.sequence={lat.sequence} is outside the exported "
                     f"sequence range {shapes.sequence.min}..{shapes.sequence.max}"
                 )
+        if lat is not None and (
+            lat.batch not in self.bench.batch_sizes
+            or lat.sequence not in self.bench.sequence_lengths
+        ):
+            raise ValueError(
+                f"verify.budgets.max_latency (batch {lat.batch}, sequence {lat.sequence}) is "
+                "not in the bench grid: add them to bench.batch_sizes / bench.sequence_lengths"
+            )
         for b in self.bench.batch_sizes:
             if not shapes.batch.min <= b <= shapes.batch.max:
                 raise ValueError(f"bench batch size {b} is outside export.shapes.batch")

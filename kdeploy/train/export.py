@@ -8,6 +8,8 @@ sequence axes from optimum's BERT ONNX config.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import warnings
@@ -28,6 +30,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 KEEP_FILES = ("model.onnx", "tokenizer.json", "config.json")
 
 
+@contextlib.contextmanager
+def quiet_libraries():
+    """Keep the libraries' advisory warnings (e.g. 'install accelerate') off the console."""
+    loggers = [
+        logging.getLogger(n)
+        for n in ("optimum", "transformers", "sentence_transformers", "torch.onnx")
+    ]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def _load_torch(info: ModelInfo, allow_pickle: bool):
     if info.kind == "embedding":
         from sentence_transformers import SentenceTransformer
@@ -35,8 +56,7 @@ def _load_torch(info: ModelInfo, allow_pickle: bool):
         kwargs = {} if info.safetensors else {"model_kwargs": {"use_safetensors": False}}
         if not info.safetensors and not allow_pickle:
             raise ExportError(f"{info.path} has only pickle weights; pass --allow-pickle")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_libraries():
             return SentenceTransformer(
                 str(info.path),
                 device="cpu",
@@ -66,8 +86,7 @@ def export_onnx(
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_libraries():
             onnx_export_from_model(
                 model, tmp, opset=opset, task=task, do_validation=False, device="cpu"
             )

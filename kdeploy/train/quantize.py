@@ -6,6 +6,7 @@ Host side (needs the `onnx` package): the device only runs the result.
 from __future__ import annotations
 
 import contextlib
+import logging
 import platform
 import shutil
 from pathlib import Path
@@ -55,13 +56,7 @@ def quantize_student(
     src_dir: Path, dst_dir: Path, cfg: QuantizeConfig, calibration_texts: list[str]
 ) -> dict:
     """INT8 with the profile's scheme; returns what was done, for the report."""
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
+    from onnxruntime.quantization import QuantType
 
     card = _copy_sidecars(src_dir, dst_dir, "int8")
     src = src_dir / card.model_file
@@ -69,6 +64,34 @@ def quantize_student(
     qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     # Shape inference cannot type the outputs of contrib ops; FLOAT is right for BERT graphs.
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+    # ORT's quantizer logs advice through the root logger; the report records what was done.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        _run_quantizer(cfg, src, dst, src_dir, calibration_texts, qtype, extra)
+    finally:
+        root.setLevel(level)
+    return {
+        "method": cfg.method,
+        "format": cfg.format if cfg.method == "static" else "qoperator",
+        "per_channel": cfg.per_channel,
+        "weight_type": cfg.weight_type,
+        "activation_type": cfg.activation_type if cfg.method == "static" else "uint8 (dynamic)",
+        "calibration_texts": len(calibration_texts) if cfg.method == "static" else 0,
+        "bytes_before": src.stat().st_size,
+        "bytes_after": dst.stat().st_size,
+    }
+
+
+def _run_quantizer(cfg, src, dst, src_dir, calibration_texts, qtype, extra) -> None:
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        quantize_dynamic,
+        quantize_static,
+    )
+
     if cfg.method == "dynamic":
         quantize_dynamic(
             src,
@@ -93,16 +116,6 @@ def quantize_student(
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={**extra, "ActivationSymmetric": cfg.activation_type == "int8"},
         )
-    return {
-        "method": cfg.method,
-        "format": cfg.format if cfg.method == "static" else "qoperator",
-        "per_channel": cfg.per_channel,
-        "weight_type": cfg.weight_type,
-        "activation_type": cfg.activation_type if cfg.method == "static" else "uint8 (dynamic)",
-        "calibration_texts": len(calibration_texts) if cfg.method == "static" else 0,
-        "bytes_before": src.stat().st_size,
-        "bytes_after": dst.stat().st_size,
-    }
 
 
 def optimum_isa_config():

@@ -1,0 +1,180 @@
+"""Shared fixtures: tiny random BERTs built in code, real data slices from ../shared/data."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("KDEPLOY_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def shared_data(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real data {path} is not available (set KDEPLOY_SHARED_DATA)")
+    return path
+
+
+def _slice_tsv(src: Path, dst: Path, rows: int) -> None:
+    with open(src, encoding="utf-8", newline="") as f:
+        lines = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    with open(dst, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(
+            f, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar=None, lineterminator="\n"
+        )
+        w.writerows(lines[: rows + 1])
+
+
+def make_data_slice(src_dir: Path, dst_dir: Path, sizes: dict[str, int]) -> Path:
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    for split, n in sizes.items():
+        if (src_dir / f"{split}.tsv").is_file():
+            _slice_tsv(src_dir / f"{split}.tsv", dst_dir / f"{split}.tsv", n)
+    return dst_dir
+
+
+@pytest.fixture(scope="session")
+def stsb_small(tmp_path_factory) -> Path:
+    """STS-B slices: 120 train pairs, 40 dev, 40 test (real sentences and scores)."""
+    return make_data_slice(
+        shared_data("stsb"), tmp_path_factory.mktemp("stsb"), {"train": 120, "dev": 40, "test": 40}
+    )
+
+
+@pytest.fixture(scope="session")
+def sst2_small(tmp_path_factory) -> Path:
+    return make_data_slice(
+        shared_data("sst2"), tmp_path_factory.mktemp("sst2"), {"train": 200, "dev": 60}
+    )
+
+
+def build_tokenizer(out_dir: Path, corpus: list[str]) -> None:
+    """A small WordPiece tokenizer trained on real text, saved as a fast BERT tokenizer."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(
+        corpus, trainers.WordPieceTrainer(vocab_size=1000, special_tokens=special)
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+    fast = BertTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=128,
+    )
+    fast.save_pretrained(str(out_dir))
+
+
+def _corpus() -> list[str]:
+    path = SHARED_DATA / "stsb" / "train.tsv"
+    if path.is_file():
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:2000]
+        return [r[0] for r in rows] + [r[1] for r in rows]
+    return ["a tiny corpus for a tiny tokenizer"] * 10
+
+
+def build_tiny_bert(
+    out_dir: Path, *, layers: int = 4, classifier: bool = False, num_labels: int = 2, seed: int = 0
+) -> Path:
+    """A random 32-wide BERT saved with safetensors and a fast tokenizer."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    torch.manual_seed(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    build_tokenizer(out_dir, _corpus())
+    from transformers import AutoTokenizer
+
+    vocab = AutoTokenizer.from_pretrained(str(out_dir)).vocab_size
+    cfg = BertConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    if classifier:
+        cfg.num_labels = num_labels
+        model = BertForSequenceClassification(cfg)
+    else:
+        model = BertModel(cfg)
+    model.eval()
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-clf") / "model", classifier=True)
+
+
+TINY_OVERRIDES = [
+    "student.layers=2",
+    "distill.epochs=1",
+    "distill.batch_size=16",
+    "distill.max_seq_length=64",
+    "bench.batch_sizes=[1,8]",
+    "bench.sequence_lengths=[16,64]",
+    "bench.iterations=3",
+    "bench.warmup=1",
+    "bench.throughput_texts=64",
+    "verify.budgets.max_latency.sequence=64",
+    "verify.budgets.min_retention=0.01",
+    "verify.budgets.min_speedup=null",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_bert, stsb_small) -> Path:
+    """A finished cpu-int8 run of the tiny BERT (do not modify; copy it first)."""
+    from kdeploy.pipeline import RunRequest, run_pipeline
+    from kdeploy.profiles import load_profile
+    from kdeploy.stages import RunOptions
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    run_pipeline(
+        RunRequest(
+            profile=load_profile("cpu-int8", TINY_OVERRIDES),
+            model_dir=tiny_bert,
+            data_dir=stsb_small,
+            out_dir=out,
+            options=RunOptions(progress=False),
+        ),
+        log=lambda m: None,
+    )
+    return out
+
+
+@pytest.fixture
+def tiny_run_copy(tiny_run, tmp_path) -> Path:
+    dst = tmp_path / "run"
+    shutil.copytree(tiny_run, dst)
+    return dst

@@ -1,0 +1,186 @@
+"""The pipeline on a tiny random BERT: stages, manifest, resume, Ctrl-C, budgets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kdeploy.errors import BudgetError, Interrupted, RunDirError, UsageError
+from kdeploy.manifest import load_manifest
+from kdeploy.pipeline import RunRequest, run_pipeline
+from kdeploy.profiles import load_profile
+from kdeploy.stages import ORDER, RunOptions
+from tests.conftest import TINY_OVERRIDES
+
+
+def run(model, data, out, extra=(), profile="cpu-int8", **kw):
+    req = RunRequest(
+        profile=load_profile(profile, [*TINY_OVERRIDES, *extra]),
+        model_dir=model,
+        data_dir=data,
+        out_dir=out,
+        options=RunOptions(progress=False),
+        **kw,
+    )
+    return run_pipeline(req, log=lambda m: None)
+
+
+def test_finished_run_has_every_stage_and_artifact(tiny_run):
+    m = load_manifest(tiny_run)
+    assert list(m.stages) == list(ORDER)
+    for rec in m.stages.values():
+        for art in rec.outputs.values():
+            assert art.check(tiny_run) == []
+    assert (tiny_run / "package" / "report.md").is_file()
+    report = json.loads((tiny_run / "package" / "report.json").read_text())
+    assert report["passed"] is True
+    names = [row["model"] for row in report["summary"]]
+    assert names == ["teacher_fp32", "teacher_int8", "student_fp32", "student_int8"]
+    for row in report["summary"]:
+        assert row["value"] is not None and row["sentences_per_s"] > 0
+    deploy = tiny_run / "package" / "deploy"
+    assert {"model.onnx", "tokenizer.json", "kdeploy_model.json"} <= {
+        p.name for p in deploy.iterdir()
+    }
+    card = json.loads((deploy / "kdeploy_model.json").read_text())
+    assert card["precision"] == "int8" and card["task"] == "embedding"
+    # the distilled student really has the profile's depth and the teacher's kept layers
+    assert m.stages["distill"].metrics["kept_layers"] == [1, 3]
+    assert m.stages["export"].metrics["student"]["layers"] == 2
+    assert m.stages["export"].metrics["student"]["validation"]["max_abs_diff"] < 1e-4
+    # no temp dirs left behind
+    assert not list(tiny_run.glob("*.tmp"))
+
+
+def test_rerun_reuses_everything(tiny_run_copy, tiny_bert, stsb_small):
+    result = run(tiny_bert, stsb_small, tiny_run_copy)
+    assert result.ran == []
+    assert result.reused == list(ORDER)
+
+
+def test_changing_a_late_section_reruns_only_downstream(tiny_run_copy, tiny_bert, stsb_small):
+    result = run(tiny_bert, stsb_small, tiny_run_copy, ["bench.iterations=4"])
+    assert result.ran == ["bench", "verify", "package"]
+    assert result.reused == ["distill", "export", "quantize"]
+
+
+def test_from_and_until(tiny_run_copy, tiny_bert, stsb_small):
+    result = run(tiny_bert, stsb_small, tiny_run_copy, from_stage="quantize", until_stage="bench")
+    assert result.ran == ["quantize", "bench"]
+    assert result.reused == ["distill", "export"]
+
+
+def test_from_needs_finished_earlier_stages(tmp_path, tiny_bert, stsb_small):
+    with pytest.raises(RunDirError, match="comes before --from export"):
+        run(tiny_bert, stsb_small, tmp_path / "r", from_stage="export")
+
+
+def test_bad_stage_names_and_order(tmp_path, tiny_bert, stsb_small):
+    with pytest.raises(UsageError, match="no such stage"):
+        run(tiny_bert, stsb_small, tmp_path / "r", from_stage="compile")
+    with pytest.raises(UsageError, match="comes after --until"):
+        run(tiny_bert, stsb_small, tmp_path / "r", from_stage="bench", until_stage="export")
+
+
+def test_damaged_artifact_is_rebuilt(tiny_run_copy, tiny_bert, stsb_small):
+    model = tiny_run_copy / "quantize" / "student" / "model.onnx"
+    model.write_bytes(model.read_bytes()[:-10])
+    result = run(tiny_bert, stsb_small, tiny_run_copy)
+    assert result.ran[0] == "quantize"
+    assert (
+        load_manifest(tiny_run_copy).stages["quantize"].outputs["student_int8"].check(tiny_run_copy)
+        == []
+    )
+
+
+def test_other_profile_run_dir_is_refused_unless_forced(
+    tiny_run_copy, tiny_bert, stsb_small, tmp_path
+):
+    other = tmp_path / "other.yaml"
+    other.write_text("name: other\nextends: cpu-int8\n")
+    with pytest.raises(RunDirError, match="holds a run of profile 'cpu-int8'"):
+        run(tiny_bert, stsb_small, tiny_run_copy, profile=str(other))
+    result = run(tiny_bert, stsb_small, tiny_run_copy, profile=str(other), force=True)
+    assert result.ran == list(ORDER)
+
+
+def test_ctrl_c_in_a_stage_keeps_earlier_stages(tmp_path, tiny_bert, stsb_small, monkeypatch):
+    import kdeploy.stages.bench as bench
+
+    real = bench.run
+
+    def interrupted(ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "run", interrupted)
+    out = tmp_path / "r"
+    with pytest.raises(Interrupted, match="stopped during stage bench"):
+        run(tiny_bert, stsb_small, out)
+    m = load_manifest(out)
+    assert list(m.stages) == ["distill", "export", "quantize"]
+    assert not (out / "bench").exists() and not (out / "bench.tmp").exists()
+    monkeypatch.setattr(bench, "run", real)
+    result = run(tiny_bert, stsb_small, out)
+    assert result.reused == ["distill", "export", "quantize"]
+    assert result.ran == ["bench", "verify", "package"]
+
+
+def test_distill_resumes_mid_training_to_identical_weights(
+    tmp_path, tiny_bert, stsb_small, monkeypatch
+):
+    from safetensors.numpy import load_file
+
+    import kdeploy.train.distill as distill
+
+    extra = ["distill.epochs=2"]
+    clean = tmp_path / "clean"
+    run(tiny_bert, stsb_small, clean, extra, until_stage="distill")
+
+    real_save = distill._save_checkpoint
+
+    def save_then_stop(ckpt, *args):
+        real_save(ckpt, *args)
+        raise KeyboardInterrupt  # Ctrl-C right after epoch 1 was checkpointed
+
+    monkeypatch.setattr(distill, "_save_checkpoint", save_then_stop)
+    resumed = tmp_path / "resumed"
+    with pytest.raises(Interrupted, match="resumes from its checkpoint"):
+        run(tiny_bert, stsb_small, resumed, extra, until_stage="distill")
+    assert (resumed / "distill.tmp" / "checkpoint" / "state.json").is_file()
+    monkeypatch.setattr(distill, "_save_checkpoint", real_save)
+    run(tiny_bert, stsb_small, resumed, extra, until_stage="distill")
+    a = load_file(str(clean / "distill" / "student" / "model.safetensors"))
+    b = load_file(str(resumed / "distill" / "student" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    ma = load_manifest(clean).stages["distill"].metrics["history"]
+    mb = load_manifest(resumed).stages["distill"].metrics["history"]
+    assert ma == mb
+
+
+def test_missed_budget_fails_after_writing_the_report(tiny_run_copy, tiny_bert, stsb_small):
+    with pytest.raises(BudgetError, match="max_latency_p50") as e:
+        run(tiny_bert, stsb_small, tiny_run_copy, ["verify.budgets.max_latency.p50_ms=0.0001"])
+    assert e.value.exit_code == 8
+    report = json.loads((tiny_run_copy / "package" / "report.json").read_text())
+    assert report["passed"] is False
+    assert "**FAILED**" in (tiny_run_copy / "package" / "report.md").read_text()
+
+
+def test_task_mismatch_is_refused(tmp_path, tiny_bert, sst2_small):
+    from kdeploy.errors import DataError
+
+    with pytest.raises(DataError, match="classification data but the teacher is an embedding"):
+        run(tiny_bert, sst2_small, tmp_path / "r")
+
+
+def test_classifier_teacher_runs_end_to_end(tmp_path, tiny_classifier, sst2_small):
+    out = tmp_path / "clf"
+    run(tiny_classifier, sst2_small, out)
+    report = json.loads((out / "package" / "report.json").read_text())
+    assert report["verify"]["task"] == "classification"
+    assert report["verify"]["split"] == "dev"
+    assert {row["metric"] for row in report["summary"]} == {"accuracy"}

@@ -241,6 +241,17 @@ def profiles_schema(out) -> None:
 # ---------------------------------------------------------------------------- device side
 
 
+def _device_profile(profile_ref, view, overrides):
+    """The profile for bench/verify: --profile, else the run's own, else cpu-int8."""
+    from kdeploy.profiles import load_profile
+
+    if profile_ref:
+        return load_profile(profile_ref, list(overrides))
+    if view is not None:
+        return load_profile(view.run_dir / "profile.yaml", list(overrides))
+    return load_profile("cpu-int8", list(overrides))
+
+
 def _models_for(target: Path, reference: Path | None) -> tuple[dict[str, Path], object | None]:
     from kdeploy.rundir import is_run_dir, open_run
     from kdeploy.runtime.card import model_dir_of
@@ -248,6 +259,16 @@ def _models_for(target: Path, reference: Path | None) -> tuple[dict[str, Path], 
     if is_run_dir(target):
         view = open_run(target)
         return view.models, view
+    from kdeploy.errors import RunDirError
+    from kdeploy.runtime.card import CARD_NAME
+
+    if not (model_dir_of(target) / CARD_NAME).is_file():
+        raise RunDirError(
+            f"{target} is not a kdeploy run directory or model dir",
+            where=str(target),
+            fix="pass a run dir (with manifest.json) or a model dir / .onnx file written by "
+            "kdeploy (with kdeploy_model.json)",
+        )
     models = {"model": model_dir_of(target)}
     if reference is not None:
         models = {"teacher_fp32": model_dir_of(reference), "student_fp32": model_dir_of(target)}
@@ -276,17 +297,19 @@ def _models_for(target: Path, reference: Path | None) -> tuple[dict[str, Path], 
     default=None,
     help="Also write the results as JSON.",
 )
-def bench(target, data_dir, profile_ref, json_out) -> None:
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a profile value, e.g. a budget (repeatable).",
+)
+def bench(target, data_dir, profile_ref, overrides, json_out) -> None:
     """Latency grid and throughput of a run dir's models or of one ONNX model (no torch)."""
-    from kdeploy.profiles import load_profile
     from kdeploy.stages.bench import bench_models, throughput_texts
 
     models, view = _models_for(target, None)
-    loaded = (
-        load_profile(profile_ref)
-        if profile_ref
-        else (view.profile if view else load_profile("cpu-int8"))
-    )
+    loaded = _device_profile(profile_ref, view, overrides)
     p = loaded.profile
     data = data_dir or (view.data_dir if view else None)
     texts = throughput_texts(data, p.bench) if data else None
@@ -336,11 +359,17 @@ def bench(target, data_dir, profile_ref, json_out) -> None:
     help="Profile with the budgets (default: the run's, or cpu-int8).",
 )
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
-def verify(target, data_dir, reference, profile_ref, json_out) -> None:
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a profile value, e.g. a budget (repeatable).",
+)
+def verify(target, data_dir, reference, profile_ref, overrides, json_out) -> None:
     """Task metric, retention and budgets of a run dir or an ONNX model (no torch)."""
     from kdeploy.errors import BudgetError
     from kdeploy.fsutil import read_json
-    from kdeploy.profiles import load_profile
     from kdeploy.report import budgets_table
     from kdeploy.stages.verify import verify_models
 
@@ -352,11 +381,7 @@ def verify(target, data_dir, reference, profile_ref, json_out) -> None:
         )
     if view is None and data_dir is None:
         raise UsageError("verify of a model needs --data DIR", fix="pass --data")
-    loaded = (
-        load_profile(profile_ref)
-        if profile_ref
-        else (view.profile if view else load_profile("cpu-int8"))
-    )
+    loaded = _device_profile(profile_ref, view, overrides)
     bench_json = None
     if view is not None and "bench" in view.manifest.stages:
         art = view.manifest.stages["bench"].outputs["bench"]

@@ -1,0 +1,97 @@
+"""Export gives dynamic axes and matches torch; quantization gives a runnable INT8 model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from kdeploy.errors import ExportError
+from kdeploy.model_info import inspect_model
+from kdeploy.profiles import QuantizeConfig
+from kdeploy.runtime.card import ModelCard
+from kdeploy.runtime.runners import OrtRunner
+from kdeploy.train.export import export_onnx, torch_outputs, validate_export
+from kdeploy.train.quantize import quantize_student
+
+TEXTS = ["A man is playing a guitar.", "Two dogs run on the beach in the sun.", "Hi",
+         "A woman slices an onion very carefully with a sharp knife in a kitchen."]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_bert, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "m"
+    info = inspect_model(tiny_bert)
+    card = export_onnx(info, out, opset=18, role="teacher")
+    return info, out, card
+
+
+def test_export_has_dynamic_batch_and_sequence(exported):
+    _, out, card = exported
+    model = onnx.load(str(out / "model.onnx"))
+    for inp in model.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        assert all(d.dim_param for d in dims), f"{inp.name} has a fixed dimension"
+    with OrtRunner(out / "model.onnx", outputs=[card.output]) as r:
+        for b, s in ((1, 5), (3, 17), (7, 64)):
+            feeds = {"input_ids": np.full((b, s), 7, dtype=np.int64),
+                     "attention_mask": np.ones((b, s), dtype=np.int64),
+                     "token_type_ids": np.zeros((b, s), dtype=np.int64)}
+            assert r.infer(feeds)[card.output].shape == (b, 32)
+
+
+def test_export_matches_torch_on_real_text(exported):
+    info, out, _ = exported
+    check = validate_export(info, out, TEXTS, atol=1e-4, min_cosine=0.9999)
+    assert check["passed"] and check["max_abs_diff"] < 1e-4
+    assert check["texts"] == len(TEXTS)
+
+
+def test_validation_catches_a_wrong_model(exported, tiny_run):
+    """Comparing a model against another model's ONNX must fail loudly."""
+    info, _, _ = exported
+    other = tiny_run / "export" / "student"
+    with pytest.raises(ExportError, match="differs from torch"):
+        validate_export(info, other, TEXTS, atol=1e-4, min_cosine=0.9999)
+
+
+def test_mean_pooling_matches_reference(exported, tiny_bert):
+    """The ONNX sentence_embedding equals masked mean pooling of the HF model."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    info, _, _ = exported
+    tok = AutoTokenizer.from_pretrained(str(tiny_bert))
+    model = AutoModel.from_pretrained(str(tiny_bert)).eval()
+    enc = tok(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        h = model(**enc).last_hidden_state
+    m = enc["attention_mask"].unsqueeze(-1).float()
+    ref = ((h * m).sum(1) / m.sum(1)).numpy()
+    np.testing.assert_allclose(torch_outputs(info, TEXTS), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("method, fmt", [("dynamic", "qoperator"), ("static", "qdq"),
+                                         ("static", "qoperator")])
+def test_quantize_gives_int8_model_close_to_fp32(exported, tmp_path, method, fmt):
+    _, src, card = exported
+    cfg = QuantizeConfig(method=method, format=fmt, activation_type="int8" if fmt == "qdq"
+                         else "uint8", calibration_texts=4)
+    info = quantize_student(src, tmp_path / "q", cfg, TEXTS * 4)
+    if method == "dynamic":  # (QDQ adds scale tensors, which outweigh a tiny model's savings)
+        assert info["bytes_after"] < info["bytes_before"]
+    model = onnx.load(str(tmp_path / "q" / "model.onnx"))
+    ops = {n.op_type for n in model.graph.node}
+    if method == "dynamic":
+        assert "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops
+    elif fmt == "qdq":
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    else:
+        assert "QLinearMatMul" in ops or "MatMulInteger" in ops
+    assert ModelCard.load(tmp_path / "q").precision == "int8"
+    from kdeploy.runtime.model import Encoder
+
+    with Encoder(src) as a, Encoder(tmp_path / "q") as b:
+        ea, eb = a.embed(TEXTS), b.embed(TEXTS)
+    cos = (ea * eb).sum(1) / np.linalg.norm(ea, axis=1) / np.linalg.norm(eb, axis=1)
+    assert cos.min() > 0.9

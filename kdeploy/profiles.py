@@ -194,7 +194,12 @@ class Budgets(_Strict):
 class VerifyConfig(_Strict):
     eval_split: Literal["auto", "dev", "test"] = "auto"
     max_eval_examples: int | None = Field(default=None, ge=1)
-    batch_size: int = Field(default=64, ge=1)
+    batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Texts per inference call; None = 64. A value larger than the eval split "
+        "is refused (the split is then not the data you meant, or the value is a typo).",
+    )
     budgets: Budgets = Budgets()
 
 
@@ -512,6 +517,24 @@ def load_profile(ref: str | Path, overrides: list[str] | None = None) -> LoadedP
     return LoadedProfile(
         profile=profile, sources=[s.path for s in chain], overrides=list(overrides or [])
     )
+
+
+def locate_key(loaded: LoadedProfile, key: str) -> str:
+    """Where a dotted key of a loaded profile got its value: '--set ...', 'file:line', or
+    the profile file with a note that the default applies."""
+    path = tuple(key.split("."))
+    for assignment in reversed(loaded.overrides):
+        k = tuple(p for p in assignment.split("=", 1)[0].strip().split(".") if p)
+        if path[: len(k)] == k:
+            return f"--set {assignment}"
+    try:
+        chain = _chain(loaded.sources[0])
+    except ProfileError:  # the file changed since it was loaded: name it without a line
+        return str(loaded.sources[0])
+    for src in chain:
+        if path in src.lines:
+            return f"{src.path}:{src.lines[path]}"
+    return f"{chain[0].path} ({key} is not set there: the default applies)"
 
 
 def _profile_error(

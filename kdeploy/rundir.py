@@ -19,6 +19,50 @@ class RunView:
     models: dict[str, Path]  # table name (teacher_fp32, ...) -> model dir
     data_dir: Path
 
+    def artifact(self, name: str) -> Path:
+        """The path of an artifact of the run, after checking its files' sha256."""
+        for rec in self.manifest.stages.values():
+            art = rec.outputs.get(name)
+            if art is not None:
+                _check(self.run_dir, name, art)
+                return art.abspath(self.run_dir)
+        raise RunDirError(
+            f"{self.run_dir} has no artifact '{name}' (its stage has not finished)",
+            where=str(self.run_dir),
+            fix="rerun `kdeploy compress` with the same arguments to finish the run",
+        )
+
+    def run_data(self) -> Path:
+        """The run's data dir, after checking it still holds the data the run used."""
+        from kdeploy.data import data_digest
+
+        want = self.manifest.data.get("digest")
+        if not self.data_dir.is_dir():
+            raise RunDirError(
+                f"the run's data dir {self.data_dir} is gone",
+                where=str(self.data_dir),
+                fix="pass --data DIR",
+            )
+        if want and data_digest(self.data_dir) != want:
+            raise RunDirError(
+                f"the data in {self.data_dir} changed since the run used it (its sha256 "
+                "differs from the manifest's)",
+                where=str(self.data_dir),
+                fix="pass --data DIR explicitly to measure on these files, or rerun "
+                "`kdeploy compress` so that the run matches them",
+            )
+        return self.data_dir
+
+
+def _check(run_dir: Path, name: str, art) -> None:
+    problems = art.check(run_dir)
+    if problems:
+        raise RunDirError(
+            f"artifact {name} of {run_dir} is damaged: {problems[0]}",
+            where=str(art.abspath(run_dir)),
+            fix="rerun `kdeploy compress` (it rebuilds damaged stages)",
+        )
+
 
 def is_run_dir(path: Path) -> bool:
     return path.is_dir() and (path / MANIFEST_NAME).is_file()
@@ -52,13 +96,7 @@ def open_run(
         if art is None:
             continue
         if check_digests:
-            problems = art.check(run_dir)
-            if problems:
-                raise RunDirError(
-                    f"artifact {art_name} of {run_dir} is damaged: {problems[0]}",
-                    where=str(art.abspath(run_dir)),
-                    fix="rerun `kdeploy compress` (it rebuilds damaged stages)",
-                )
+            _check(run_dir, art_name, art)
         models[table_name] = art.abspath(run_dir)
     profile_path = run_dir / "profile.yaml"
     if not profile_path.is_file():

@@ -13,7 +13,7 @@ import numpy as np
 
 from kdeploy.data import Split, load_task_data
 from kdeploy.errors import DataError
-from kdeploy.profiles import Budgets, Profile
+from kdeploy.profiles import Budgets, Profile, VerifyConfig
 from kdeploy.runtime.metrics import accuracy, cosine_rows, spearman
 from kdeploy.runtime.model import Classifier, Encoder, open_model
 from kdeploy.stages import StageContext, StageResult
@@ -30,6 +30,37 @@ def enabled(profile: Profile) -> bool:
 
 def config(profile: Profile) -> dict:
     return {"verify": profile.verify.model_dump(mode="json"), "threads": profile.target.threads}
+
+
+DEFAULT_EVAL_BATCH = 64
+
+
+def eval_plan(cfg: VerifyConfig, split: Split) -> tuple[int, int]:
+    """(examples, batch size) verify uses on a split; refuses a batch larger than the split.
+
+    A batch that the split cannot fill is refused rather than shrunk: asking for 256 texts
+    per call on a 40-row file usually means the file is not the one meant (a slice, a
+    header-only export) or the value is a typo, and the metric of 40 rows is not the number
+    the profile was written for.
+    """
+    n = min(len(split), cfg.max_eval_examples) if cfg.max_eval_examples else len(split)
+    if n < 2:
+        raise DataError(
+            f"the eval split {split.path.name} has {n} example(s); at least 2 are needed",
+            where=str(split.path),
+            fix="add labelled rows to it (or raise verify.max_eval_examples)",
+        )
+    if cfg.batch_size is not None and cfg.batch_size > n:
+        capped = " (after verify.max_eval_examples)" if n < len(split) else ""
+        raise DataError(
+            f"the eval split {split.path.name} has {n} example(s){capped}, fewer than one "
+            f"batch of verify.batch_size={cfg.batch_size}",
+            where=str(split.path),
+            fix=f"check that {split.path} is the file you meant; or set "
+            f"verify.batch_size to at most {n} (--set verify.batch_size={n}), or leave it "
+            f"unset ({DEFAULT_EVAL_BATCH}, capped by the split)",
+        )
+    return n, cfg.batch_size or DEFAULT_EVAL_BATCH
 
 
 def evaluate(
@@ -128,14 +159,11 @@ def verify_models(
     cfg = profile.verify
     data = load_task_data(data_dir, need_train=False)
     split = data.eval_split(cfg.eval_split)
+    n, batch_size = eval_plan(cfg, split)
     results: dict[str, dict] = {}
     for name, mdir in models.items():
         results[name] = evaluate(
-            mdir,
-            split,
-            threads=profile.target.threads,
-            batch_size=cfg.batch_size,
-            limit=cfg.max_eval_examples,
+            mdir, split, threads=profile.target.threads, batch_size=batch_size, limit=n
         )
         log(
             f"{name}: {results[name]['metric']} {results[name]['value']:.2f} on "

@@ -56,14 +56,23 @@ def _load_torch(info: ModelInfo, allow_pickle: bool):
         kwargs = {} if info.safetensors else {"model_kwargs": {"use_safetensors": False}}
         if not info.safetensors and not allow_pickle:
             raise ExportError(f"{info.path} has only pickle weights; pass --allow-pickle")
-        with quiet_libraries():
-            return SentenceTransformer(
-                str(info.path),
-                device="cpu",
-                local_files_only=True,
-                trust_remote_code=False,
-                **kwargs,
-            )
+        try:
+            with quiet_libraries():
+                return SentenceTransformer(
+                    str(info.path),
+                    device="cpu",
+                    local_files_only=True,
+                    trust_remote_code=False,
+                    **kwargs,
+                )
+        except (OSError, ValueError) as exc:
+            from kdeploy.train.loading import pickle_refusal
+
+            refused = None if info.safetensors else pickle_refusal(info.path)
+            raise refused or ExportError(
+                f"cannot load {info.path} with sentence-transformers: {exc}",
+                where=str(info.path),
+            ) from None
     from kdeploy.train.loading import load_hf_model
 
     return load_hf_model(info, allow_pickle=allow_pickle)

@@ -34,11 +34,44 @@ def load_hf_model(info: ModelInfo, *, allow_pickle: bool = False, trust_remote_c
             trust_remote_code=trust_remote_code,
         )
     except (OSError, ValueError) as exc:
+        if not info.safetensors:
+            refused = pickle_refusal(info.path)
+            if refused is not None:
+                raise refused from None
         raise ModelError(
             f"cannot load the model in {info.path}: {exc}", where=str(info.path)
         ) from None
     model.eval()
     return model
+
+
+def pickle_refusal(path: Path) -> ModelError | None:
+    """Why ``torch.load(weights_only=True)`` refuses a pickle checkpoint, if it does.
+
+    transformers reads ``pytorch_model.bin`` with ``weights_only=True`` and, when that
+    refuses a file, reports a generic 'unable to load weights'; this names the real cause:
+    the pickle holds something other than tensors (code that would run on load)."""
+    import pickle
+
+    for name in ("pytorch_model.bin",):
+        f = path / name
+        if not f.is_file():
+            continue
+        try:
+            torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+        except pickle.UnpicklingError as exc:
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            detail = next((ln for ln in lines if "global" in ln.lower()), lines[0])
+            return ModelError(
+                f"{f} holds more than tensors, and torch.load(weights_only=True) refused to "
+                f"unpickle it ({detail.strip()})",
+                where=str(f),
+                fix="do not load this file: it may run code; get the weights as "
+                "model.safetensors from a source you trust",
+            )
+        except Exception:  # not a pickle problem: the caller's message stands
+            return None
+    return None
 
 
 def load_tokenizer(path: Path):

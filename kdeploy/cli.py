@@ -150,7 +150,11 @@ def compress(
     from kdeploy.stages import RunOptions
 
     if force and from_stage:
-        raise UsageError("--force and --from both say what to rerun; give one of them")
+        raise UsageError(
+            "--force and --from both say what to rerun; give one of them",
+            where=f"--force --from {from_stage}",
+            fix=f"drop --force to rerun from {from_stage} on, or drop --from to rerun everything",
+        )
     loaded = load_profile(profile_ref, list(overrides))
     req = RunRequest(
         profile=loaded,
@@ -404,10 +408,16 @@ def verify(target, data_dir, reference, profile_ref, overrides, json_out) -> Non
     if view is None and reference is None:
         raise UsageError(
             "verify of a single model needs --reference TEACHER_DIR to compute retention",
+            where=f"kdeploy verify {target}",
             fix="pass --reference, or verify a run directory",
         )
     if view is None and data_dir is None:
-        raise UsageError("verify of a model needs --data DIR", fix="pass --data")
+        raise UsageError(
+            "verify of a model needs --data DIR (a model dir does not say which data it was "
+            "made for)",
+            where=f"kdeploy verify {target}",
+            fix="pass --data DIR with the eval split",
+        )
     loaded = _device_profile(profile_ref, view, overrides)
     bench_json = None
     if view is not None and "bench" in view.manifest.stages:
@@ -430,7 +440,11 @@ def verify(target, data_dir, reference, profile_ref, overrides, json_out) -> Non
         atomic_write_json(json_out, result)
     if not result["passed"]:
         failed = [b["name"] for b in result["budgets"] if not b["passed"]]
-        raise BudgetError(f"budget(s) missed: {', '.join(failed)}")
+        raise BudgetError(
+            f"budget(s) missed: {', '.join(failed)}",
+            where=str(json_out or target),
+            fix="see the budget table above",
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -138,7 +138,11 @@ def _read_split(name: str, path: Path) -> tuple[Split, str]:
             fix="re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
         ) from None
     except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror}", where=str(path)) from None
+        raise DataError(
+            f"cannot read {path}: {exc.strerror}",
+            where=str(path),
+            fix="check the file's permissions",
+        ) from None
     if not rows:
         raise DataError(f"{path} is empty", where=str(path), fix="it needs a header row and data")
     header = [h.strip() for h in rows[0]]
@@ -202,12 +206,22 @@ def read_unlabeled(path: Path | str) -> list[str]:
     """Extra unlabeled text for distillation: one text per line (blank lines skipped)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"unlabeled text file {path} does not exist", where=str(path))
+        raise DataError(
+            f"unlabeled text file {path} does not exist",
+            where=f"--unlabeled {path}",
+            fix="pass a text file with one text per line, or leave --unlabeled out",
+        )
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text ({exc.reason})", where=str(path)) from None
+        raise DataError(
+            f"{path} is not UTF-8 text ({exc.reason})",
+            where=str(path),
+            fix="re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+        ) from None
     texts = [ln.strip() for ln in lines if ln.strip()]
     if not texts:
-        raise DataError(f"{path} holds no text", where=str(path))
+        raise DataError(
+            f"{path} holds no text", where=str(path), fix="one text per line; or drop --unlabeled"
+        )
     return texts

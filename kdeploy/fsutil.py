@@ -81,7 +81,11 @@ def _raise_write_error(path: Path, exc: OSError) -> None:
             where=str(path),
             fix="choose a writable output directory with --out",
         ) from exc
-    raise RunDirError(f"cannot write {path}: {exc}", where=str(path)) from exc
+    raise RunDirError(
+        f"cannot write {path}: {exc}",
+        where=str(path),
+        fix="check the output directory (--out) and the disk, then rerun the same command",
+    ) from exc
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

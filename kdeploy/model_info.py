@@ -39,7 +39,11 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read {path}: {exc}", where=str(path)) from None
+        raise ModelError(
+            f"cannot read {path}: {exc}",
+            where=str(path),
+            fix="the file must be valid JSON: re-save the model with save_pretrained()",
+        ) from None
 
 
 def inspect_model(
@@ -122,6 +126,7 @@ def inspect_model(
                         raise ModelError(
                             f"pooling mode in {pcfg} is not supported (mean and cls are)",
                             where=str(pcfg),
+                            fix="use a teacher with mean or CLS pooling",
                         )
     max_seq_length = min(int(cfg.get("max_position_embeddings", 512)), 512)
     sbert = path / "sentence_bert_config.json"

@@ -98,7 +98,11 @@ def _locked(run_dir: Path) -> Iterator[None]:
 
 def _check_stage_name(flag: str, name: str | None) -> None:
     if name is not None and name not in ORDER:
-        raise UsageError(f"{flag} {name}: no such stage", fix=f"stages are: {', '.join(ORDER)}")
+        raise UsageError(
+            f"{flag} {name}: no such stage",
+            where=f"{flag} {name}",
+            fix=f"stages are: {', '.join(ORDER)}",
+        )
 
 
 def _prepare_run_dir(run_dir: Path) -> None:
@@ -166,7 +170,11 @@ class _Inputs:
                 return alt
         if optional:
             return None
-        raise StageError(f"no stage produced any of {spec.rstrip('?')}")
+        raise StageError(
+            f"no stage produced any of {spec.rstrip('?')}",
+            where="the stage order in kdeploy/stages",
+            fix="a kdeploy bug: please report it",
+        )
 
     def verify(self, stage: str, names: list[str], hashes: _Hashes) -> None:
         """Refuse to start ``stage`` if a file it consumes no longer has its digest.
@@ -238,6 +246,22 @@ def check_profile_fit(teacher: ModelInfo, req: RunRequest, data: TaskData) -> No
                 fix=f"set {key} to {limit} or less (e.g. --set {key}="
                 f"{'[' + str(limit) + ']' if key.startswith('bench') else limit})",
             )
+    if profile.distill.enabled:
+        n, st = teacher.num_layers, profile.student
+        bad = [i for i in st.keep or [] if i >= n]
+        if st.layers > n or bad:
+            key = "student.layers" if st.layers > n else "student.keep"
+            what = (
+                f"the student asks for {st.layers} layers but the teacher {teacher.path} has "
+                f"only {n}"
+                if st.layers > n
+                else f"student.keep names layers {bad} but the teacher has layers 0..{n - 1}"
+            )
+            raise ProfileError(
+                what,
+                where=locate_key(req.profile, key),
+                fix=f"keep at most {n} layers, indices 0..{n - 1}",
+            )
     eval_plan(profile.verify, data.eval_split(profile.verify.eval_split))
     if profile.distill.enabled and not any(t.strip() for t in data.splits["train"].texts()):
         train = data.splits["train"].path
@@ -263,6 +287,7 @@ def run_pipeline(req: RunRequest, log: Callable[[str], None] = print) -> RunResu
     ):
         raise UsageError(
             f"--from {req.from_stage} comes after --until {req.until_stage}",
+            where=f"--from {req.from_stage} --until {req.until_stage}",
             fix="--from must name a stage at or before --until",
         )
     profile = req.profile.profile
@@ -270,6 +295,7 @@ def run_pipeline(req: RunRequest, log: Callable[[str], None] = print) -> RunResu
         raise StageError(
             f"profile {profile.name} builds a TensorRT engine, and this version of kdeploy "
             "has no TensorRT build stage yet",
+            where=f"profile {profile.name}: target.runtime trt",
             fix="use an ONNX Runtime profile such as cpu-int8",
         )
     teacher = inspect_model(
@@ -462,6 +488,13 @@ def _write_error_log(path: Path, text: str) -> str | None:
         return None
 
 
+def _holds_only_key(work: Path) -> bool:
+    try:
+        return {p.name for p in work.iterdir()} <= {KEY_FILE}
+    except OSError:
+        return False
+
+
 def _run_stage(
     name: str,
     mod: Any,
@@ -477,6 +510,12 @@ def _run_stage(
 ) -> StageRecord:
     work = run_dir / f"{name}.tmp"
     resumable = getattr(mod, "RESUMABLE", False)
+
+    def cleanup() -> None:
+        """A failed stage leaves nothing behind but a resumable stage's checkpoints."""
+        if not resumable or _holds_only_key(work):
+            shutil.rmtree(work, ignore_errors=True)
+
     try:
         if work.exists():
             key_file = work / KEY_FILE
@@ -488,7 +527,15 @@ def _run_stage(
         work.mkdir(parents=True, exist_ok=True)
         fsutil.atomic_write_text(work / KEY_FILE, key)
     except OSError as exc:
-        raise RunDirError(f"cannot create {work}: {exc.strerror}", where=str(work)) from None
+        cleanup()
+        raise RunDirError(
+            f"cannot create {work}: {exc.strerror}",
+            where=str(work),
+            fix="check the run directory's permissions and free space, then rerun",
+        ) from None
+    except RunDirError:
+        cleanup()
+        raise
     ctx = StageContext(
         name=name,
         profile=req.profile.profile,
@@ -500,8 +547,7 @@ def _run_stage(
     )
     started = utcnow()
     t0 = time.perf_counter()
-    # A failed stage leaves nothing behind but a resumable stage's checkpoints.
-    cleanup = (lambda: None) if resumable else (lambda: shutil.rmtree(work, ignore_errors=True))
+
     try:
         result = mod.run(ctx)
     except KeyboardInterrupt:
@@ -533,7 +579,11 @@ def _run_stage(
     missing = [p for p in mod.PRODUCES if p not in result.outputs]
     if missing:
         cleanup()
-        raise StageError(f"stage {name} did not produce {missing}")
+        raise StageError(
+            f"stage {name} did not produce {missing}",
+            where=f"kdeploy/stages/{name}.py",
+            fix="a kdeploy bug: please report it",
+        )
     final = run_dir / name
     outputs = {}
     try:

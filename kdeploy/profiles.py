@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -306,7 +307,9 @@ def resolve_profile_path(ref: str | Path, *, relative_to: Path | None = None) ->
             p = relative_to / p
         if not p.is_file():
             raise ProfileError(
-                f"profile file {p} does not exist", fix="give an existing YAML file or a name"
+                f"profile file {p} does not exist",
+                where=str(p),
+                fix="give an existing YAML file, or a profile name (`kdeploy profiles list`)",
             )
         return p
     if relative_to is not None:
@@ -320,6 +323,7 @@ def resolve_profile_path(ref: str | Path, *, relative_to: Path | None = None) ->
     hint = f"did you mean '{close[0]}'? " if close else ""
     raise ProfileError(
         f"unknown profile '{ref_s}'",
+        where=f"looked in {', '.join(str(d) for d in profile_dirs()) or '(no profile dirs)'}",
         fix=f"{hint}known profiles: {', '.join(sorted(known)) or '(none found)'}; "
         "or pass a path to a YAML file",
     )
@@ -344,10 +348,16 @@ def _read_yaml(path: Path) -> _Source:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ProfileError(
-            f"profile {path} is not UTF-8 text ({exc.reason})", where=str(path)
+            f"profile {path} is not UTF-8 text ({exc.reason})",
+            where=str(path),
+            fix="re-encode the file as UTF-8",
         ) from None
     except OSError as exc:
-        raise ProfileError(f"cannot read profile {path}: {exc.strerror}", where=str(path)) from None
+        raise ProfileError(
+            f"cannot read profile {path}: {exc.strerror}",
+            where=str(path),
+            fix="check the path and its permissions",
+        ) from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -413,12 +423,18 @@ def _apply_override(data: dict[str, Any], assignment: str) -> tuple[str, ...]:
     key, raw = assignment.split("=", 1)
     path = tuple(p for p in key.strip().split(".") if p)
     if not path:
-        raise ProfileError("override has an empty key", where=f"--set {assignment}")
+        raise ProfileError(
+            "override has an empty key",
+            where=f"--set {assignment}",
+            fix="e.g. --set distill.epochs=1",
+        )
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ProfileError(
-            f"override value is not valid YAML: {exc}", where=f"--set {assignment}"
+            f"override value is not valid YAML: {exc}",
+            where=f"--set {assignment}",
+            fix="quote the value for the shell, e.g. --set 'bench.batch_sizes=[1,8]'",
         ) from None
     cur = data
     for part in path[:-1]:
@@ -471,6 +487,7 @@ def _chain(path: Path) -> list[_Source]:
             raise ProfileError(
                 "'extends' must be a profile name or a path",
                 where=f"{src.path}:{src.lines.get(('extends',), 1)}",
+                fix="e.g. extends: cpu-int8",
             )
         try:
             current = resolve_profile_path(parent, relative_to=current.parent)
@@ -556,13 +573,43 @@ def _profile_error(
                 msg += f"; allowed here: {', '.join(parent_fields)}"
         elif err["type"] == "missing":
             msg = "required key is missing"
-        elif "input" in err and err["type"] not in ("value_error", "assertion_error"):
+        elif err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+            if not loc:  # a check across sections: point at the keys its message names
+                named = _named_keys(msg)
+                hit = next((w for k in named if (w := _exact(k, chain, opaths))), None)
+                if hit is not None:
+                    where, key = hit, " / ".join(".".join(k) for k in named)
+                    first_where = hit if first_where == str(chain[0].path) else first_where
+        elif "input" in err and err["type"] != "assertion_error":
             msg += f" (got {err['input']!r})"
         problems.append(f"{where}: {key}: {msg}")
     what = "invalid profile:\n    " + "\n    ".join(problems)
     return ProfileError(
         what, where=first_where, fix="see `kdeploy profiles schema` for the allowed keys"
     )
+
+
+def _named_keys(msg: str) -> list[tuple[str, ...]]:
+    """Dotted profile keys a validation message mentions, in order."""
+    found = []
+    for m in re.finditer(r"\b[a-z_]+(?:\.[a-z_0-9]+)+", msg):
+        k = tuple(m.group(0).split("."))
+        if k[0] in Profile.model_fields and k not in found:
+            found.append(k)
+    return found
+
+
+def _exact(
+    path: tuple[str, ...], chain: list[_Source], opaths: dict[tuple[str, ...], str]
+) -> str | None:
+    """Where exactly ``path`` was set: its --set flag, else its file:line; None if defaulted."""
+    if path in opaths:
+        return f"--set {opaths[path]}"
+    for src in chain:
+        if path in src.lines:
+            return f"{src.path}:{src.lines[path]}"
+    return None
 
 
 def _fields_at(loc: tuple[str, ...]) -> list[str]:

@@ -47,7 +47,11 @@ class ModelCard:
             raw = json.loads(path.read_text(encoding="utf-8"))
             return cls(**raw)
         except (ValueError, TypeError) as exc:
-            raise ModelError(f"{path} is malformed: {exc}", where=str(path)) from None
+            raise ModelError(
+                f"{path} is malformed: {exc}",
+                where=str(path),
+                fix="rerun `kdeploy compress` to rewrite the model dir",
+            ) from None
 
 
 def model_dir_of(target: Path) -> Path:

@@ -51,7 +51,9 @@ class OrtRunner:
 
         if not self.model_path.is_file():
             raise ModelError(
-                f"ONNX model {self.model_path} does not exist", where=str(self.model_path)
+                f"ONNX model {self.model_path} does not exist",
+                where=str(self.model_path),
+                fix="point at a model dir written by `kdeploy compress`",
             )
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -77,6 +79,7 @@ class OrtRunner:
                 raise ModelError(
                     f"{self.model_path} has no output {missing} (it has {names})",
                     where=str(self.model_path),
+                    fix="kdeploy_model.json names an output the graph lacks: re-export it",
                 )
             names = list(self.wanted_outputs)
         self.output_names = names

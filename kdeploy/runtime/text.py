@@ -25,7 +25,11 @@ class TextEncoder:
         try:
             self.tokenizer = Tokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises a bare Exception
-            raise ModelError(f"cannot load tokenizer {path}: {exc}", where=str(path)) from None
+            raise ModelError(
+                f"cannot load tokenizer {path}: {exc}",
+                where=str(path),
+                fix="the file must be a `tokenizers` JSON (tokenizer.save())",
+            ) from None
         self.max_length = max_length
         self.tokenizer.enable_truncation(max_length=max_length)
         pad = self.tokenizer.padding or {}

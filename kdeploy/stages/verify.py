@@ -68,12 +68,17 @@ def evaluate(
 ) -> dict:
     """Task metric of one model dir on one labelled split."""
     if split.labels is None:
-        raise DataError(f"{split.path} has no labels to evaluate against", where=str(split.path))
+        raise DataError(
+            f"{split.path} has no labels to evaluate against",
+            where=str(split.path),
+            fix="add a score/label column, or set verify.eval_split to a labelled split",
+        )
     n = min(len(split), limit) if limit else len(split)
     if n < 2:
         raise DataError(
             f"{split.path} has {n} example(s); at least 2 are needed to evaluate",
             where=str(split.path),
+            fix="add labelled rows (or raise verify.max_eval_examples)",
         )
     with open_model(model_dir, threads=threads, batch_size=batch_size) as model:
         if isinstance(model, Encoder):
@@ -81,6 +86,7 @@ def evaluate(
                 raise DataError(
                     f"{split.path} has no sentence2 column for STS evaluation",
                     where=str(split.path),
+                    fix="STS data needs sentence1, sentence2 and score columns",
                 )
             a = model.embed(split.texts_a[:n])
             b = model.embed(split.texts_b[:n])

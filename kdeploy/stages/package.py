@@ -40,6 +40,10 @@ def run(ctx: StageContext) -> StageResult:
     atomic_write_text(ctx.work_dir / "report.md", render_markdown(report))
     ctx.log(f"report: {ctx.run_dir / ctx.name / 'report.md'}")
     return StageResult(
-        outputs={"report": ctx.work_dir / "report.json", "deploy": deploy},
+        outputs={
+            "report": ctx.work_dir / "report.json",
+            "report_md": ctx.work_dir / "report.md",
+            "deploy": deploy,
+        },
         metrics={"deploy_from": deploy_name(models)},
     )

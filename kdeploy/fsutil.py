@@ -123,20 +123,32 @@ def read_json(path: Path) -> Any:
 
 
 def replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished temp dir into place; an older ``dst`` is removed only afterwards."""
+    """Move a finished temp dir into place; an older ``dst`` is removed only afterwards.
+
+    The two renames run with Ctrl-C held back, so ``dst`` is never missing because of it."""
     old = dst.with_name(dst.name + ".old")
     if old.exists():
         shutil.rmtree(old)
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(src, dst)
+    with deferred_sigint():
+        if dst.exists():
+            os.replace(dst, old)
+        os.replace(src, dst)
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
 
 
+_deferring = False
+
+
 @contextlib.contextmanager
 def deferred_sigint() -> Iterator[None]:
-    """Hold back Ctrl-C while a few renames commit a stage; re-raise it right after."""
+    """Hold back Ctrl-C while a few renames commit a stage; re-raise it right after.
+
+    Nested uses defer to the outermost one, which alone re-raises."""
+    global _deferring
+    if _deferring:
+        yield
+        return
     received: list[Any] = []
 
     def _handler(signum: int, frame: Any) -> None:
@@ -147,9 +159,11 @@ def deferred_sigint() -> Iterator[None]:
     except ValueError:  # not the main thread: nothing to defer
         yield
         return
+    _deferring = True
     try:
         yield
     finally:
+        _deferring = False
         signal.signal(signal.SIGINT, previous)
         if received:
             raise KeyboardInterrupt

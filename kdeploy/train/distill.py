@@ -243,8 +243,9 @@ def distill(
             count += 1
             bar.set_postfix(loss=f"{running / count:.5f}")
         history.append({"epoch": epoch + 1, "loss": running / max(count, 1), "step": step})
-        log(f"epoch {epoch + 1}/{epochs}: mean loss {running / max(count, 1):.6f}")
         _save_checkpoint(ckpt, student, optim, sched, epoch + 1, step, history)
+        # logged once checkpointed: a Ctrl-C from here on resumes after this epoch
+        log(f"epoch {epoch + 1}/{epochs}: mean loss {running / max(count, 1):.6f}")
 
     train_seconds = time.perf_counter() - t_train
     student.eval()

@@ -106,11 +106,13 @@ def _check_stage_name(flag: str, name: str | None) -> None:
 
 
 def _prepare_run_dir(run_dir: Path) -> None:
+    probe = run_dir / ".write-test"
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        try:
+            probe.write_text("ok")
+        finally:
+            probe.unlink(missing_ok=True)
     except OSError as exc:
         raise RunDirError(
             f"cannot write to the output directory {run_dir}: {exc.strerror}",
@@ -516,45 +518,43 @@ def _run_stage(
         if not resumable or _holds_only_key(work):
             shutil.rmtree(work, ignore_errors=True)
 
-    try:
-        if work.exists():
-            key_file = work / KEY_FILE
-            same = key_file.is_file() and key_file.read_text().strip() == key
-            if resumable and same:
-                log(f"[{name}] resuming from {work}")
-            else:
-                shutil.rmtree(work)
-        work.mkdir(parents=True, exist_ok=True)
-        fsutil.atomic_write_text(work / KEY_FILE, key)
-    except OSError as exc:
-        cleanup()
-        raise RunDirError(
-            f"cannot create {work}: {exc.strerror}",
-            where=str(work),
-            fix="check the run directory's permissions and free space, then rerun",
-        ) from None
-    except RunDirError:
-        cleanup()
-        raise
-    ctx = StageContext(
-        name=name,
-        profile=req.profile.profile,
-        run_dir=run_dir,
-        work_dir=work,
-        inputs={n: inputs.paths[n] for n in consumed},
-        options=req.options,
-        log=lambda msg: log(f"[{name}] {msg}"),
-    )
     started = utcnow()
     t0 = time.perf_counter()
-
+    # One try from the first byte the stage writes: a Ctrl-C or an error anywhere in it
+    # leaves nothing behind but a resumable stage's checkpoints.
     try:
+        try:
+            if work.exists():
+                key_file = work / KEY_FILE
+                same = key_file.is_file() and key_file.read_text().strip() == key
+                if resumable and same:
+                    log(f"[{name}] resuming from {work}")
+                else:
+                    shutil.rmtree(work)
+            work.mkdir(parents=True, exist_ok=True)
+            fsutil.atomic_write_text(work / KEY_FILE, key)
+        except OSError as exc:
+            raise RunDirError(
+                f"cannot create {work}: {exc.strerror}",
+                where=str(work),
+                fix="check the run directory's permissions and free space, then rerun",
+            ) from None
+        ctx = StageContext(
+            name=name,
+            profile=req.profile.profile,
+            run_dir=run_dir,
+            work_dir=work,
+            inputs={n: inputs.paths[n] for n in consumed},
+            options=req.options,
+            log=lambda msg: log(f"[{name}] {msg}"),
+        )
         result = mod.run(ctx)
     except KeyboardInterrupt:
         cleanup()
+        kept = work.exists()
         raise Interrupted(
             f"stopped during stage {name}; finished stages are kept"
-            + (f" and {name} resumes from its checkpoint" if resumable else ""),
+            + (f" and {name} resumes from its checkpoint" if kept else ""),
             where=str(run_dir),
             fix="rerun the same command to resume",
         ) from None
@@ -569,7 +569,7 @@ def _run_stage(
                 + (f" (writing {exc.filename})" if exc.filename else ""),
                 where=str(work),
                 fix="free disk space, then rerun the same command: finished stages are kept"
-                + (f" and {name} resumes from its last checkpoint" if resumable else ""),
+                + (f" and {name} resumes from its last checkpoint" if work.exists() else ""),
             ) from None
         raise _stage_failure(name, exc, run_dir) from None
     except Exception as exc:

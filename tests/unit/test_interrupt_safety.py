@@ -72,3 +72,23 @@ def test_ctrl_c_while_committing_a_stage_keeps_it(tmp_path, tiny_run_copy, tiny_
     result = run(tiny_bert, stsb_small, tiny_run_copy, ["bench.iterations=4"])
     assert "bench" in result.reused
     assert result.ran == ["verify", "package"]
+
+
+def test_ctrl_c_while_a_stage_sets_up_its_work_dir(tiny_run_copy, tiny_bert, stsb_small,
+                                                   monkeypatch):  # fmt: skip
+    """Found by the real-SIGINT test: a Ctrl-C between creating verify.tmp and starting the
+    stage left verify.tmp behind."""
+    import kdeploy.fsutil
+    from tests.unit.test_pipeline import run
+
+    real = kdeploy.fsutil.atomic_write_text
+
+    def write_then_sigint(path, text):
+        real(path, text)
+        if path.parent.name == "verify.tmp":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(kdeploy.fsutil, "atomic_write_text", write_then_sigint)
+    with pytest.raises(Interrupted, match="stopped during stage verify"):
+        run(tiny_bert, stsb_small, tiny_run_copy, ["verify.max_eval_examples=30"])
+    assert not (tiny_run_copy / "verify.tmp").exists()

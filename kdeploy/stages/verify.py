@@ -183,6 +183,7 @@ def verify_models(
     return {
         "split": split.name,
         "task": data.task,
+        "batch_size": batch_size,
         "deploy": deploy,
         "models": results,
         "budgets": budgets,

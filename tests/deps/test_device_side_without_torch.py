@@ -104,9 +104,9 @@ def test_encoder_matches_verify_numbers(tiny_run):
     split = load_task_data(view.data_dir).eval_split()
     # Same batch size as verify: dynamic INT8 picks activation scales per batch, so the
     # batch composition changes the numbers slightly.
-    batch = view.profile.profile.verify.batch_size
+    verify = json.loads((tiny_run / "verify" / "verify.json").read_text())
+    batch = verify["batch_size"]
     with Encoder(tiny_run / "package" / "deploy", batch_size=batch) as enc:
         score = 100 * spearman(cosine_rows(enc.embed(split.texts_a), enc.embed(split.texts_b)),
                                np.asarray(split.labels))
-    verify = json.loads((tiny_run / "verify" / "verify.json").read_text())
     assert score == verify["models"]["student_int8"]["value"]

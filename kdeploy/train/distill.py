@@ -143,59 +143,102 @@ def _cached_targets(
     return targets
 
 
-def distill(
+@dataclass
+class Teacher:
+    """The teacher side of distillation: its description, tokenizer, cached pooled outputs
+    for the training items, and the torch model when token-level losses need it online."""
+
+    info: ModelInfo
+    tokenizer: object
+    targets: np.ndarray
+    model: torch.nn.Module | None
+    max_len: int
+    params: int
+
+
+def prepare_teacher(
     info: ModelInfo,
     cfg: DistillConfig,
-    keep: list[int],
     items: list[Item],
     work_dir: Path,
     *,
-    dev: Split | None = None,
+    keep_model: bool = False,
     allow_pickle: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
-) -> DistillOutcome:
+) -> Teacher:
+    """Load the teacher and compute (or reuse) its targets for ``items``.
+
+    The model is kept when ``keep_model`` or when the profile's losses need it online.
+    """
     device = pick_device()
-    torch.manual_seed(cfg.seed)
-    losses = applicable_losses(cfg, info.kind)
-    if not losses:
+    if not applicable_losses(cfg, info.kind):
         raise ModelError(
             f"none of the enabled distillation losses applies to a {info.kind} teacher",
             fix="embedding teachers: embedding_mse/embedding_cosine; classifiers: logit_kd/"
             "hard_label; both: hidden_mse/attention_kl",
         )
-    online = cfg.losses.needs_teacher_online()
     want_attn = cfg.losses.attention_kl > 0
     tokenizer = load_tokenizer(info.path)
-    teacher = load_hf_model(
+    model = load_hf_model(
         info, allow_pickle=allow_pickle, attn_implementation="eager" if want_attn else None
     ).to(device)
-    teacher_params = sum(p.numel() for p in teacher.parameters())
-    layer_map = list(cfg.layer_map) if cfg.layer_map is not None else list(keep)
-    bad = [t for t in layer_map if not 0 <= t < info.num_layers]
-    if bad:
-        raise ModelError(
-            f"distill.layer_map names teacher layers {bad}; the teacher has "
-            f"layers 0..{info.num_layers - 1}"
-        )
     max_len = min(cfg.max_seq_length, info.max_seq_length)
     key = digest_json({"items": items, "max_len": max_len, "kind": info.kind})
     targets = _cached_targets(
         work_dir,
         key,
         lambda: teacher_targets(
-            teacher, tokenizer, info, items, max_len, max(cfg.batch_size, 64), device, progress
+            model, tokenizer, info, items, max_len, max(cfg.batch_size, 64), device, progress
         ),
         log,
     )
+    params = sum(p.numel() for p in model.parameters())
+    if not (keep_model or cfg.losses.needs_teacher_online()):
+        model = None
+    return Teacher(
+        info=info, tokenizer=tokenizer, targets=targets, model=model, max_len=max_len, params=params
+    )
 
-    student = make_student(teacher, keep).to(device)
-    if not online:
-        del teacher
-        teacher = None
-    else:
-        teacher.eval()
-    student.train()
+
+def train_kd(
+    student: torch.nn.Module,
+    teacher: Teacher,
+    cfg: DistillConfig,
+    items: list[Item],
+    work_dir: Path,
+    *,
+    layer_map: list[int],
+    dev: Split | None = None,
+    after_step: Callable[[], None] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    label: str = "distill",
+) -> dict:
+    """Train ``student`` to imitate ``teacher`` with the profile's losses.
+
+    Checkpoints every epoch into ``work_dir/checkpoint`` and resumes from it; scores dev
+    after each epoch when ``cfg.select_best`` and leaves the best epoch's weights loaded.
+    ``after_step`` runs after every optimizer step (e.g. to re-apply sparsity masks).
+    Returns the training record (history, best epoch, steps, seconds).
+    """
+    device = pick_device()
+    info = teacher.info
+    tokenizer = teacher.tokenizer
+    max_len = teacher.max_len
+    online = cfg.losses.needs_teacher_online()
+    if online and teacher.model is None:
+        raise ValueError("token-level losses need the teacher model online")
+    t_model = teacher.model.eval() if online and teacher.model is not None else None
+    want_hidden = cfg.losses.hidden_mse > 0
+    want_attn = cfg.losses.attention_kl > 0
+    bad = [t for t in layer_map if not 0 <= t < info.num_layers]
+    if bad:
+        raise ModelError(
+            f"distill.layer_map names teacher layers {bad}; the teacher has "
+            f"layers 0..{info.num_layers - 1}"
+        )
+    student.to(device).train()
     if want_attn:
         # BERT returns attention probabilities *after* dropout; matching dropped-out rows
         # against the teacher's would put log(0) in the KL. Attention KD trains without it.
@@ -204,7 +247,7 @@ def distill(
                 module.p = 0.0
     d_s, d_t = student.config.hidden_size, info.hidden_size
     projections = None
-    if cfg.losses.hidden_mse > 0 and d_s != d_t:
+    if want_hidden and d_s != d_t:
         projections = torch.nn.ModuleList(
             [torch.nn.Linear(d_s, d_t, bias=False) for _ in layer_map]
         ).to(device)
@@ -214,7 +257,7 @@ def distill(
     total_steps = max(1, round(steps_per_epoch * cfg.epochs))
     epochs = math.ceil(total_steps / steps_per_epoch)
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-    named = list(student.named_parameters())
+    named = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
     if projections is not None:
         named += [(f"proj.{n}", p) for n, p in projections.named_parameters()]
     optim = torch.optim.AdamW(
@@ -246,15 +289,12 @@ def distill(
         sched.load_state_dict(extra["scheduler"])
         if projections is not None:
             projections.load_state_dict(extra["projections"])
-        log(
-            f"resuming distillation after epoch {state['epoch']} "
-            f"(step {state['step']}/{total_steps})"
-        )
+        log(f"resuming {label} after epoch {state['epoch']} (step {state['step']}/{total_steps})")
     log(
-        f"losses: {', '.join(losses)}"
+        f"{label}: losses {', '.join(applicable_losses(cfg, info.kind))}"
         + (f"; layer map student->teacher {layer_map}" if online else "")
     )
-    target_t = torch.from_numpy(targets)
+    target_t = torch.from_numpy(teacher.targets)
     t_train = time.perf_counter()
     step = state["step"]
     for epoch in range(state["epoch"], epochs):
@@ -266,7 +306,7 @@ def distill(
         count = 0
         bar = tqdm(
             _batches(rng, lengths, cfg.batch_size),
-            desc=f"distill epoch {epoch + 1}/{epochs}",
+            desc=f"{label} epoch {epoch + 1}/{epochs}",
             disable=not progress,
             unit="batch",
         )
@@ -275,14 +315,10 @@ def distill(
                 break
             batch = _tokenize(tokenizer, [items[i] for i in idx], max_len, device)
             t_out = None
-            if teacher is not None:
+            if t_model is not None:
                 with torch.no_grad():
-                    t_out = _forward(
-                        teacher, batch, info, hidden=cfg.losses.hidden_mse > 0, attentions=want_attn
-                    )
-            s_out = _forward(
-                student, batch, info, hidden=cfg.losses.hidden_mse > 0, attentions=want_attn
-            )
+                    t_out = _forward(t_model, batch, info, hidden=want_hidden, attentions=want_attn)
+            s_out = _forward(student, batch, info, hidden=want_hidden, attentions=want_attn)
             loss, parts = total_loss(
                 s_out,
                 info.kind,
@@ -299,6 +335,8 @@ def distill(
             torch.nn.utils.clip_grad_norm_([p for _, p in named], cfg.max_grad_norm)
             optim.step()
             sched.step()
+            if after_step is not None:
+                after_step()
             step += 1
             count += 1
             for k, v in {"loss": float(loss.detach()), **parts}.items():
@@ -327,40 +365,88 @@ def distill(
             + (" (stopping early)" if state["stopped_early"] else "")
         )
         _save_checkpoint(ckpt, student, optim, sched, projections, state)
-
-    train_seconds = time.perf_counter() - t_train
     if state["best_epoch"] is not None:
         student.load_state_dict(load_file(str(work_dir / "best" / "student.safetensors")))
         log(f"keeping epoch {state['best_epoch']} (best dev score {state['best_score']:.2f})")
     student.eval()
-    out_dir = work_dir / "student"
-    tmp = work_dir / "student.tmp"
-    tmp.mkdir(exist_ok=True)
+    return {
+        "losses": applicable_losses(cfg, info.kind),
+        "layer_map": layer_map if online else None,
+        "texts": len(items),
+        "labelled_texts": int((labels_all >= 0).sum()),
+        "epochs": cfg.epochs,
+        "epochs_run": state["epoch"],
+        "steps": step,
+        "history": state["history"],
+        "best_epoch": state["best_epoch"],
+        "best_dev_score": state["best_score"],
+        "stopped_early": state["stopped_early"],
+        "final_loss": state["history"][-1].get("loss") if state["history"] else None,
+        "train_seconds": round(time.perf_counter() - t_train, 2),
+        "device": str(device),
+    }
+
+
+def save_student(student: torch.nn.Module, teacher: Teacher, out_dir: Path) -> Path:
+    """A loadable HF model dir (safetensors + tokenizer [+ sentence-transformers modules])."""
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
     student.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
-    if info.kind == "embedding":
-        write_sentence_transformers_layout(info, tmp, info.max_seq_length)
+    teacher.tokenizer.save_pretrained(str(tmp))
+    if teacher.info.kind == "embedding":
+        write_sentence_transformers_layout(teacher.info, tmp, teacher.info.max_seq_length)
     replace_dir(tmp, out_dir)
+    return out_dir
+
+
+def distill(
+    info: ModelInfo,
+    cfg: DistillConfig,
+    keep: list[int],
+    items: list[Item],
+    work_dir: Path,
+    *,
+    dev: Split | None = None,
+    allow_pickle: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> DistillOutcome:
+    """Student = teacher layers ``keep`` (weights inherited), trained with KD."""
+    torch.manual_seed(cfg.seed)
+    teacher = prepare_teacher(
+        info,
+        cfg,
+        items,
+        work_dir,
+        keep_model=True,
+        allow_pickle=allow_pickle,
+        progress=progress,
+        log=log,
+    )
+    assert teacher.model is not None
+    student = make_student(teacher.model, keep)
+    if not cfg.losses.needs_teacher_online():
+        teacher.model = None
+    layer_map = list(cfg.layer_map) if cfg.layer_map is not None else list(keep)
+    record = train_kd(
+        student,
+        teacher,
+        cfg,
+        items,
+        work_dir,
+        layer_map=layer_map,
+        dev=dev,
+        progress=progress,
+        log=log,
+    )
+    out_dir = save_student(student, teacher, work_dir / "student")
     return DistillOutcome(
         student_dir=out_dir,
         metrics={
             "kept_layers": keep,
-            "layer_map": layer_map if online else None,
-            "losses": losses,
-            "texts": len(items),
-            "labelled_texts": int((labels_all >= 0).sum()),
-            "epochs": cfg.epochs,
-            "epochs_run": state["epoch"],
-            "steps": step,
-            "history": state["history"],
-            "best_epoch": state["best_epoch"],
-            "best_dev_score": state["best_score"],
-            "stopped_early": state["stopped_early"],
-            "final_loss": state["history"][-1].get("loss") if state["history"] else None,
-            "train_seconds": round(train_seconds, 2),
+            **record,
             "student_params": sum(p.numel() for p in student.parameters()),
-            "teacher_params": teacher_params,
-            "device": str(device),
+            "teacher_params": teacher.params,
         },
     )
 

@@ -246,6 +246,17 @@ def _check_device_fit(p: Profile) -> None:
             "target.precision fp8 needs FP8 Q/DQ nodes in the model, and kdeploy's quantize "
             "stage writes INT8 only; use int8 or fp16"
         )
+    bmax = p.export.shapes.batch.max
+    if t.runtime == "trt":
+        for key, value in (
+            ("verify.batch_size", p.verify.batch_size),
+            ("bench.throughput_batch_size", p.bench.throughput_batch_size),
+        ):
+            if value > bmax:
+                raise ValueError(
+                    f"{key}={value} exceeds export.shapes.batch.max={bmax}, the largest batch "
+                    "the TensorRT engine accepts"
+                )
     q = p.quantize
     if t.runtime == "trt" and t.precision == "int8":
         wrong = []

@@ -264,10 +264,13 @@ def _check_device_fit(p: Profile) -> None:
             wrong.append("quantize.method: static and quantize.format: qdq")
         if q.activation_type != "int8" or q.weight_type != "int8":
             wrong.append("quantize.activation_type: int8 and quantize.weight_type: int8")
+        if not q.op_types or not set(q.op_types) <= {"MatMul", "Gemm", "Conv"}:
+            wrong.append("quantize.op_types: [MatMul] (Q/DQ on GEMM inputs only)")
         if wrong:
             raise ValueError(
-                "TensorRT INT8 reads explicit, symmetric Q/DQ (no implicit calibration): set "
-                + " and ".join(wrong)
+                "TensorRT INT8 reads explicit, symmetric int8 Q/DQ (no implicit calibration; "
+                "its DequantizeLinear takes no INT32, as ONNX Runtime's default op list "
+                "writes for LayerNormalization biases): set " + " and ".join(wrong)
             )
 
 

@@ -210,3 +210,19 @@ def test_not_inspector_json(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ModelError, match="cannot read TensorRT layer information"):
         load_layer_info(bad)
+
+
+def test_report_section_shows_the_plan_the_layers_and_the_trtexec_line():
+    from kdeploy.profiles import load_profile
+    from kdeploy.report import build_lines
+    from kdeploy.runtime.build_plan import make_plan, trtexec_command
+    from tests.unit.test_build_plan import BERT_INPUTS
+
+    plan = make_plan(load_profile("a100-int8").profile, BERT_INPUTS, onnx="q/model.onnx")
+    summary = summarize(parse_layers(ENGINE_JSON), precision="int8", sparse_requested=False)
+    text = "\n".join(build_lines({"plan": plan.to_json(), "trtexec": trtexec_command(plan),
+                                  "layers": summary, "tensorrt": "10.9.0", "build_seconds": 12.5}))
+    assert "## TensorRT engine" in text and "TensorRT 10.9.0 for a100 (SM 8.0)" in text
+    assert "builder flags INT8, FP16" in text and "built in 12.5s" in text
+    assert trtexec_command(plan) in text
+    assert "do not run INT8" in text

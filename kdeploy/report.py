@@ -106,6 +106,8 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"Host: {h.get('cpu')}, {h.get('cores')} cores, ONNX Runtime "
             f"{h.get('onnxruntime')}, {r.get('threads')} threads  "
         )
+        if h.get("gpu"):
+            out.append(f"GPU: {h['gpu']}  ")
     if r.get("deploy_dir"):
         out.append(f"Deployable model: `{r['deploy_dir']}`  ")
     out.append(f"Profile digest: `{p.get('digest', '')[:16]}`")

@@ -68,11 +68,33 @@ def host_info() -> dict:
         pass
     return {
         "cpu": cpu,
+        "gpu": _gpu_name(),
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "onnxruntime": version_of("onnxruntime"),
     }
+
+
+def _gpu_name() -> str | None:
+    """The GPU(s) nvidia-smi reports, when there is one (no CUDA library needed)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return "; ".join(out.stdout.strip().splitlines()) or None
 
 
 def _synthetic_feeds(batch: int, seq: int, vocab: int, rng: np.random.Generator) -> dict:

@@ -147,7 +147,11 @@ def build_engine(
     trt = import_tensorrt("building a TensorRT engine (kdeploy build)")
     logger = _make_logger(trt)
     out_dir.mkdir(parents=True, exist_ok=True)
-    builder = trt.Builder(logger)
+    try:
+        builder = trt.Builder(logger)
+    except Exception as exc:  # pybind raises when the factory returns null (no CUDA)
+        logger.errors.append(str(exc))
+        builder = None
     if not builder:
         raise StageError(
             "TensorRT cannot create a builder: " + "; ".join(logger.errors[-3:]),

@@ -115,16 +115,41 @@ class StudentConfig(_Strict):
 
 
 class LossWeights(_Strict):
-    """Weights of the distillation losses; 0 switches a loss off."""
+    """Weights of the distillation losses; 0 switches a loss off.
 
-    embedding_mse: float = Field(default=1.0, ge=0)
-    embedding_cosine: float = Field(default=0.0, ge=0)
+    Losses that do not apply to the teacher's kind are ignored (embedding_* for embedding
+    teachers, logit_kd and hard_label for classifiers; hidden_mse and attention_kl for both).
+    """
+
+    embedding_mse: float = Field(default=1.0, ge=0, description="MSE of pooled embeddings.")
+    embedding_cosine: float = Field(default=0.0, ge=0, description="1 - cosine of embeddings.")
+    logit_kd: float = Field(
+        default=1.0, ge=0, description="KL of softened class distributions (Hinton et al.)."
+    )
+    hard_label: float = Field(
+        default=0.0, ge=0, description="Cross-entropy with gold labels (train rows only)."
+    )
+    hidden_mse: float = Field(
+        default=0.0,
+        ge=0,
+        description="MSE between student layer i and teacher layer layer_map[i] hidden states "
+        "(a learned projection when widths differ).",
+    )
+    attention_kl: float = Field(
+        default=0.0,
+        ge=0,
+        description="KL between student and teacher attention probabilities (per layer map).",
+    )
 
     @model_validator(mode="after")
     def _something_on(self) -> LossWeights:
         if not any(v > 0 for v in self.model_dump().values()):
             raise ValueError("at least one distillation loss needs a weight > 0")
         return self
+
+    def needs_teacher_online(self) -> bool:
+        """Token-level losses need the teacher's inner states for every batch."""
+        return self.hidden_mse > 0 or self.attention_kl > 0
 
 
 class DistillConfig(_Strict):
@@ -140,7 +165,27 @@ class DistillConfig(_Strict):
         default=None, ge=1, description="Cap on distinct training texts (None = all)."
     )
     seed: int = 42
+    temperature: float = Field(default=2.0, gt=0, le=100, description="logit_kd temperature.")
     losses: LossWeights = LossWeights()
+    layer_map: list[int] | None = Field(
+        default=None,
+        description="Teacher layer matched by each student layer in hidden_mse/attention_kl "
+        "(None = the layer the student inherited).",
+    )
+    select_best: bool = Field(
+        default=True,
+        description="Score the student on the dev split after every epoch and keep the best "
+        "epoch (dev only: test is never used for choices).",
+    )
+    early_stopping_patience: int | None = Field(
+        default=None, ge=1, description="Stop after this many epochs without a dev gain."
+    )
+
+    @model_validator(mode="after")
+    def _stopping_needs_scores(self) -> DistillConfig:
+        if self.early_stopping_patience is not None and not self.select_best:
+            raise ValueError("early_stopping_patience needs select_best: true (dev scores)")
+        return self
 
 
 class SparsifyConfig(_Strict):
@@ -293,6 +338,12 @@ class Profile(_Strict):
     @model_validator(mode="after")
     def _coherent(self) -> Profile:
         _check_device_fit(self)
+        lm = self.distill.layer_map
+        if lm is not None and len(lm) != self.student.layers:
+            raise ValueError(
+                f"distill.layer_map has {len(lm)} entries but the student has "
+                f"{self.student.layers} layers"
+            )
         shapes = self.export.shapes
         lat = self.verify.budgets.max_latency
         if lat is not None:

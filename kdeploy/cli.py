@@ -319,6 +319,7 @@ def bench(target, data_dir, profile_ref, overrides, json_out) -> None:
         threads=p.target.threads,
         texts=texts,
         log=lambda m: click.echo(m, err=True),
+        profile=p,
     )
     click.echo("| model | batch x seq | p50 ms | p99 ms |\n|---|---|---|---|")
     for name, m in result["models"].items():
@@ -405,6 +406,55 @@ def verify(target, data_dir, reference, profile_ref, overrides, json_out) -> Non
     if not result["passed"]:
         failed = [b["name"] for b in result["budgets"] if not b["passed"]]
         raise BudgetError(f"budget(s) missed: {', '.join(failed)}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option(
+    "--until",
+    default="build",
+    show_default=True,
+    metavar="STAGE",
+    help="Go on after the build: bench, verify or package (records them in the run).",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The run's data dir, when it sits elsewhere on this machine.",
+)
+@click.option("--force", is_flag=True, help="Rebuild even when the engine is up to date.")
+def build(run_dir, until, data_dir, force) -> None:
+    """Build the TensorRT engine of a run on the target GPU (no torch), then optionally
+    bench, verify and package it (--until package)."""
+    from kdeploy.fsutil import read_json
+    from kdeploy.pipeline import run_device_stages
+    from kdeploy.runtime.layer_report import report_lines
+
+    try:
+        result = run_device_stages(
+            run_dir,
+            until=until,
+            data_dir=data_dir,
+            force=force,
+            log=lambda m: click.echo(m, err=True),
+        )
+    except KdeployError as exc:
+        if exc.exit_code == 8:
+            _print_summary(run_dir)
+        raise
+    rec = result.manifest.stages.get("build")
+    if rec is not None:
+        click.echo(f"engine: {rec.outputs['student_trt'].abspath(run_dir)}")
+        click.echo("\n".join(report_lines(rec.metrics["layers"])))
+        click.echo(f"trtexec equivalent (from {run_dir}):\n  {rec.metrics['trtexec']}")
+    elif "build" in result.skipped:
+        click.echo(
+            f"profile {read_json(run_dir / 'manifest.json')['profile']['name']} "
+            "has no TensorRT build (runtime is not trt)"
+        )
+    _print_summary(run_dir)
 
 
 def main(argv: list[str] | None = None) -> None:

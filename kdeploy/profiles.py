@@ -41,19 +41,52 @@ class Target(_Strict):
     runtime: Literal["ort", "trt"] = Field(
         description="ort = ONNX Runtime, trt = TensorRT engine (GPU devices only)."
     )
-    precision: Literal["fp32", "fp16", "int8"] = "int8"
+    precision: Literal["fp32", "fp16", "int8", "fp8"] = "int8"
     threads: int | None = Field(
         default=None, ge=1, le=256, description="ONNX Runtime intra-op threads (CPU)."
     )
     dla_core: int | None = Field(default=None, ge=0, le=1, description="Orin DLA core.")
+    gpu_fallback: bool = Field(
+        default=True, description="With dla_core: run layers the DLA cannot run on the GPU."
+    )
+    workspace_mb: int = Field(
+        default=4096, ge=16, le=1 << 20, description="TensorRT builder workspace limit (MiB)."
+    )
+    builder_optimization_level: int = Field(
+        default=3, ge=0, le=5, description="TensorRT builder optimization level (3 = default)."
+    )
+    timing_cache: str | None = Field(
+        default="~/.cache/kdeploy/trt-timing",
+        description="Directory of persistent TensorRT timing caches, one file per device and "
+        "TensorRT version (null: only the run's own cache).",
+    )
+    ort_providers: list[Literal["tensorrt", "cuda", "cpu"]] | None = Field(
+        default=None,
+        description="ONNX Runtime execution providers for the ONNX models, in priority order "
+        "(default: cpu on the CPU, cuda on GPUs).",
+    )
 
     @model_validator(mode="after")
     def _runtime_fits_device(self) -> Target:
+        from kdeploy.devices import caps, target_problems
+
         if self.runtime == "trt" and self.device == "cpu":
             raise ValueError("runtime 'trt' needs a GPU device; use runtime 'ort' for cpu")
-        if self.dla_core is not None and self.device != "orin":
-            raise ValueError("dla_core is only available on device 'orin'")
+        problems = target_problems(
+            self.device, self.precision, self.dla_core, sparsify=False, runtime=self.runtime
+        )
+        if problems:
+            raise ValueError("; ".join(problems))
+        gpu_eps = {"tensorrt", "cuda"} & set(self.ort_providers or ())
+        if gpu_eps and not caps(self.device).gpu:
+            raise ValueError(f"ort_providers {sorted(gpu_eps)} need a GPU device, not cpu")
         return self
+
+    def providers(self) -> list[str]:
+        """ONNX Runtime providers for this target (the default filled in)."""
+        if self.ort_providers:
+            return list(self.ort_providers)
+        return ["cuda"] if self.device != "cpu" else ["cpu"]
 
 
 class StudentConfig(_Strict):
@@ -243,6 +276,49 @@ class VerifyConfig(_Strict):
     budgets: Budgets = Budgets()
 
 
+def _check_device_fit(p: Profile) -> None:
+    """Profile-wide rules that come from the target device and the TensorRT build."""
+    from kdeploy.devices import target_problems
+
+    t = p.target
+    problems = target_problems(
+        t.device, t.precision, t.dla_core, sparsify=p.sparsify.enabled, runtime=t.runtime
+    )
+    if problems:
+        raise ValueError("; ".join(problems))
+    if t.precision == "fp8":
+        raise ValueError(
+            "target.precision fp8 needs FP8 Q/DQ nodes in the model, and kdeploy's quantize "
+            "stage writes INT8 only; use int8 or fp16"
+        )
+    bmax = p.export.shapes.batch.max
+    if t.runtime == "trt":
+        for key, value in (
+            ("verify.batch_size", p.verify.batch_size),
+            ("bench.throughput_batch_size", p.bench.throughput_batch_size),
+        ):
+            if value > bmax:
+                raise ValueError(
+                    f"{key}={value} exceeds export.shapes.batch.max={bmax}, the largest batch "
+                    "the TensorRT engine accepts"
+                )
+    q = p.quantize
+    if t.runtime == "trt" and t.precision == "int8":
+        wrong = []
+        if q.method != "static" or q.format != "qdq":
+            wrong.append("quantize.method: static and quantize.format: qdq")
+        if q.activation_type != "int8" or q.weight_type != "int8":
+            wrong.append("quantize.activation_type: int8 and quantize.weight_type: int8")
+        if not q.op_types or not set(q.op_types) <= {"MatMul", "Gemm", "Conv"}:
+            wrong.append("quantize.op_types: [MatMul] (Q/DQ on GEMM inputs only)")
+        if wrong:
+            raise ValueError(
+                "TensorRT INT8 reads explicit, symmetric int8 Q/DQ (no implicit calibration; "
+                "its DequantizeLinear takes no INT32, as ONNX Runtime's default op list "
+                "writes for LayerNormalization biases): set " + " and ".join(wrong)
+            )
+
+
 class Profile(_Strict):
     """A deployment target and the recipe that gets a model there."""
 
@@ -261,6 +337,7 @@ class Profile(_Strict):
 
     @model_validator(mode="after")
     def _coherent(self) -> Profile:
+        _check_device_fit(self)
         lm = self.distill.layer_map
         if lm is not None and len(lm) != self.student.layers:
             raise ValueError(

@@ -72,6 +72,7 @@ def build_report(
         "distill": manifest["stages"].get("distill", {}).get("metrics"),
         "export": manifest["stages"].get("export", {}).get("metrics"),
         "quantize": manifest["stages"].get("quantize", {}).get("metrics"),
+        "build": manifest["stages"].get("build", {}).get("metrics"),
         "summary": rows,
         "bench": bench,
         "verify": verify,
@@ -105,6 +106,8 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"Host: {h.get('cpu')}, {h.get('cores')} cores, ONNX Runtime "
             f"{h.get('onnxruntime')}, {r.get('threads')} threads  "
         )
+        if h.get("gpu"):
+            out.append(f"GPU: {h['gpu']}  ")
     if r.get("deploy_dir"):
         out.append(f"Deployable model: `{r['deploy_dir']}`  ")
     out.append(f"Profile digest: `{p.get('digest', '')[:16]}`")
@@ -160,6 +163,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         for role, m in q.items():
             desc = ", ".join(f"{k}={v}" for k, v in m.items() if not k.startswith("bytes"))
             out.append(f"- {role}: {desc}")
+    out += build_lines(r.get("build"))
     out += ["", "## Stages", "", "| stage | seconds |", "|---|---|"]
     for name, s in r["stages"].items():
         out.append(f"| {name} | {s['seconds']:.1f} |")
@@ -197,4 +201,38 @@ def budgets_table(verify: dict[str, Any]) -> list[str]:
             f"| {b['name']} | {_fmt(b['value'], 3)} | {_fmt(b['limit'], 3)} | "
             f"{'pass' if b['passed'] else '**MISSED**'} | {b['detail']} |"
         )
+    return out
+
+
+def build_lines(b: dict[str, Any] | None) -> list[str]:
+    """The TensorRT engine section: what was asked, what TensorRT picked, the trtexec line."""
+    if not b:
+        return []
+    from kdeploy.runtime.layer_report import report_lines
+
+    plan = b["plan"]
+    shapes = plan["shapes"][0] if plan["shapes"] else None
+    out = [
+        "",
+        "## TensorRT engine",
+        "",
+        f"TensorRT {b.get('tensorrt')} for {plan['device']} ({plan['compute_capability']}), "
+        f"precision {plan['precision']}, builder flags {', '.join(plan['flags']) or 'none'}, "
+        f"workspace {plan['workspace_mb']} MiB"
+        + (f", DLA core {plan['dla_core']}" if plan["dla_core"] is not None else "")
+        + (
+            f"; shapes min/opt/max {shapes['min']} / {shapes['opt']} / {shapes['max']}"
+            if shapes
+            else ""
+        )
+        + f"; built in {_fmt(b.get('build_seconds'), 1)}s.",
+        "",
+        *report_lines(b["layers"]),
+        "",
+        "The same build on the device, from the run directory:",
+        "",
+        "```",
+        b["trtexec"],
+        "```",
+    ]
     return out

@@ -51,8 +51,8 @@ class ModelCard:
 
 
 def model_dir_of(target: Path) -> Path:
-    """Accept a model dir or the .onnx file inside it."""
+    """Accept a model dir or the model file inside it (.onnx, or a TensorRT .plan/.engine)."""
     target = Path(target)
-    if target.is_file() and target.suffix == ".onnx":
+    if target.is_file() and target.suffix in (".onnx", ".plan", ".engine"):
         return target.parent
     return target

@@ -13,7 +13,7 @@ import numpy as np
 
 from kdeploy.errors import ModelError
 from kdeploy.runtime.card import ModelCard, model_dir_of
-from kdeploy.runtime.runners import OrtRunner
+from kdeploy.runtime.runners import make_runner
 from kdeploy.runtime.text import TextEncoder
 
 
@@ -25,6 +25,7 @@ class _Loaded:
         threads: int | None = None,
         batch_size: int = 32,
         max_length: int | None = None,
+        profile=None,
     ):
         self.dir = model_dir_of(Path(target))
         self.card = ModelCard.load(self.dir)
@@ -32,11 +33,9 @@ class _Loaded:
         self.text = TextEncoder(
             self.dir / self.card.tokenizer_file, max_length or self.card.max_seq_length
         )
-        self.runner = OrtRunner(
-            self.dir / self.card.model_file,
-            threads=threads,
-            outputs=[self.card.output],
-            name=self.dir.name,
+        # profile (a kdeploy.profiles.Profile) picks GPU providers; None runs on the CPU
+        self.runner = make_runner(
+            self.dir, self.card, threads=threads, profile=profile, name=self.dir.name
         )
 
     def __enter__(self):

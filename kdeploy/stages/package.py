@@ -12,7 +12,15 @@ from kdeploy.stages import StageContext, StageResult
 from kdeploy.stages.bench import run_models
 from kdeploy.stages.verify import deploy_name
 
-CONSUMES = ("teacher_onnx", "teacher_int8?", "student_onnx", "student_int8?", "bench?", "verify?")
+CONSUMES = (
+    "teacher_onnx",
+    "teacher_int8?",
+    "student_onnx",
+    "student_int8?",
+    "student_trt?",
+    "bench?",
+    "verify?",
+)
 PRODUCES = ("report", "deploy")
 TOOLS = ()
 

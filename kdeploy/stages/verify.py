@@ -19,7 +19,15 @@ from kdeploy.runtime.model import Classifier, Encoder, open_model
 from kdeploy.stages import StageContext, StageResult
 from kdeploy.stages.bench import run_models
 
-CONSUMES = ("teacher_onnx", "teacher_int8?", "student_onnx", "student_int8?", "dataset", "bench")
+CONSUMES = (
+    "teacher_onnx",
+    "teacher_int8?",
+    "student_onnx",
+    "student_int8?",
+    "student_trt?",
+    "dataset",
+    "bench",
+)
 PRODUCES = ("verify",)
 TOOLS = ("onnxruntime", "tokenizers", "numpy")
 
@@ -29,13 +37,24 @@ def enabled(profile: Profile) -> bool:
 
 
 def config(profile: Profile) -> dict:
-    return {"verify": profile.verify.model_dump(mode="json"), "threads": profile.target.threads}
+    return {
+        "verify": profile.verify.model_dump(mode="json"),
+        "threads": profile.target.threads,
+        "providers": profile.target.providers(),
+    }
 
 
 def evaluate(
-    model_dir: Path, split: Split, *, threads: int | None, batch_size: int, limit: int | None = None
+    model_dir: Path,
+    split: Split,
+    *,
+    threads: int | None,
+    batch_size: int,
+    limit: int | None = None,
+    profile: Profile | None = None,
 ) -> dict:
-    """Task metric of one model dir on one labelled split."""
+    """Task metric of one model dir on one labelled split (same data and metric whatever
+    runs it: ONNX Runtime on CPU or GPU, or a TensorRT engine; ``profile`` picks which)."""
     if split.labels is None:
         raise DataError(f"{split.path} has no labels to evaluate against", where=str(split.path))
     n = min(len(split), limit) if limit else len(split)
@@ -44,7 +63,7 @@ def evaluate(
             f"{split.path} has {n} example(s); at least 2 are needed to evaluate",
             where=str(split.path),
         )
-    with open_model(model_dir, threads=threads, batch_size=batch_size) as model:
+    with open_model(model_dir, threads=threads, batch_size=batch_size, profile=profile) as model:
         if isinstance(model, Encoder):
             if split.texts_b is None:
                 raise DataError(
@@ -68,7 +87,10 @@ def evaluate(
 
 def deploy_name(models: dict[str, Path]) -> str:
     """The model the run delivers: the last one the chain produced."""
-    return "student_int8" if "student_int8" in models else "student_fp32"
+    for name in ("student_trt", "student_int8"):
+        if name in models:
+            return name
+    return "student_fp32"
 
 
 def check_budgets(budgets: Budgets, results: dict, bench: dict | None, deploy: str) -> list[dict]:
@@ -136,6 +158,7 @@ def verify_models(
             threads=profile.target.threads,
             batch_size=cfg.batch_size,
             limit=cfg.max_eval_examples,
+            profile=profile,
         )
         log(
             f"{name}: {results[name]['metric']} {results[name]['value']:.2f} on "

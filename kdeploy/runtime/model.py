@@ -82,11 +82,18 @@ class _Loaded:
         self._ensure_open()
         return list(self.runner.input_names)
 
-    def tokenize(self, texts: list[str], pairs: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Model inputs for one batch, in the given order, padded to its longest text: what a
+    def tokenize(
+        self,
+        texts: list[str],
+        pairs: list[str] | None = None,
+        *,
+        pad_to_multiple_of: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Model inputs for one batch, in the given order, padded to its longest text (or up
+        to a multiple, so Triton's batcher can merge more requests of equal shape): what a
         client sends to the Triton model (tokenization is client-side, see README)."""
         encs = self.text.tokenize(list(texts), None if pairs is None else list(pairs))
-        feeds = self.text.pad(encs)
+        feeds = self.text.pad(encs, pad_to_multiple_of=pad_to_multiple_of)
         return {k: v for k, v in feeds.items() if k in self.input_names}
 
     def batches(self, n_or_lengths: list[int]) -> list[np.ndarray]:

@@ -132,6 +132,8 @@ def test_client_side_tokenization_fits_the_config(tiny_run):
     with Encoder(tiny_run / "package" / "deploy") as enc:
         feeds = enc.tokenize(["a short one", "a somewhat longer sentence for the batch"])
         assert check_request(cfg, feeds) == []
+        bucketed = enc.tokenize(["a short one"], pad_to_multiple_of=16)
+        assert bucketed["input_ids"].shape == (1, 16) and check_request(cfg, bucketed) == []
         wrong = {k: v.astype(np.int32) for k, v in feeds.items()}
         assert any("int32" in p for p in check_request(cfg, wrong))
         too_big = enc.tokenize(["x"] * 65)

@@ -457,6 +457,33 @@ def build(run_dir, until, data_dir, force) -> None:
     _print_summary(run_dir)
 
 
+@cli.command("serve-check")
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
+def serve_check_cmd(run_dir, json_out) -> None:
+    """Check a packaged run: Triton config vs graph, runtime and Triton model vs the stored
+    reference outputs (no torch; needs kdeploy[triton] for the config)."""
+    from kdeploy.errors import ModelError
+    from kdeploy.servecheck import serve_check
+
+    result = serve_check(run_dir, log=lambda m: click.echo(m, err=True))
+    click.echo("| check | result | detail |\n|---|---|---|")
+    for c in result["checks"]:
+        click.echo(f"| {c['check']} | {'pass' if c['passed'] else '**FAIL**'} | {c['detail']} |")
+    if json_out:
+        from kdeploy.fsutil import atomic_write_json
+
+        atomic_write_json(json_out, result)
+    if not result["passed"]:
+        failed = [c["check"] for c in result["checks"] if not c["passed"]]
+        raise ModelError(
+            f"serve-check failed: {', '.join(failed)}",
+            where=str(run_dir / "package"),
+            fix="the packaged model no longer matches its reference outputs or its Triton "
+            "config; rerun `kdeploy compress --from package` (see the table above)",
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="kdeploy")
 

@@ -319,6 +319,29 @@ def _check_device_fit(p: Profile) -> None:
             )
 
 
+class PackageConfig(_Strict):
+    """What the package stage leaves for a serving stack."""
+
+    triton: bool = Field(
+        default=True, description="Write a Triton model repository (needs kdeploy[triton])."
+    )
+    triton_model_name: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Model name in the Triton repository (default: <teacher>_<precision>).",
+    )
+    preferred_batch_sizes: list[int] | None = Field(
+        default=None,
+        description="Triton dynamic batching preferred sizes (default: bench.batch_sizes > 1).",
+    )
+    max_queue_delay_us: int = Field(default=100, ge=0, le=10_000_000)
+    instances: int = Field(default=1, ge=1, le=64, description="Triton instance_group count.")
+    reference_texts: int = Field(
+        default=16, ge=1, le=10_000, description="Dev sentences whose outputs serve-check replays."
+    )
+    plots: bool = Field(default=True, description="PNG plots in the report (needs matplotlib).")
+
+
 class Profile(_Strict):
     """A deployment target and the recipe that gets a model there."""
 
@@ -334,6 +357,7 @@ class Profile(_Strict):
     export: ExportConfig
     bench: BenchConfig = BenchConfig()
     verify: VerifyConfig = VerifyConfig()
+    package: PackageConfig = PackageConfig()
 
     @model_validator(mode="after")
     def _coherent(self) -> Profile:
@@ -382,6 +406,12 @@ class Profile(_Strict):
             raise ValueError(
                 f"quantize.enabled is true but target.precision is {self.target.precision}"
             )
+        for b in self.package.preferred_batch_sizes or []:
+            if not 1 <= b <= shapes.batch.max:
+                raise ValueError(
+                    f"package.preferred_batch_sizes has {b}, outside 1..export.shapes.batch.max"
+                    f" ({shapes.batch.max})"
+                )
         sp = self.verify.budgets.min_speedup
         if sp is not None and sp.over == "teacher_int8" and not self.quantize.teacher_baseline:
             raise ValueError("min_speedup over teacher_int8 needs quantize.teacher_baseline: true")

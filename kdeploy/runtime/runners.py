@@ -185,6 +185,45 @@ def ort_provider_config(
     return names, options
 
 
+MODEL_FILE_SUFFIXES = (".onnx", ".plan", ".engine")
+
+
+def open_model_file(
+    path: Path | str,
+    *,
+    threads: int | None = None,
+    outputs: list[str] | None = None,
+    profile: Profile | None = None,
+    name: str | None = None,
+) -> Runner:
+    """The one runner factory, keyed by the model file: a TensorRT engine (.plan/.engine)
+    or ONNX Runtime with the profile's providers (CPU when there is no profile). Not entered
+    yet: use it in a ``with`` block. An unknown suffix is an error, never a fallback."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".plan", ".engine"):
+        from kdeploy.runtime.trt_runner import TrtRunner
+
+        return TrtRunner(path, outputs=outputs, name=name)
+    if suffix != ".onnx":
+        raise ModelError(
+            f"no runner for model file {path.name} (suffix {path.suffix or 'none'})",
+            where=str(path),
+            fix=f"kdeploy loads {', '.join(MODEL_FILE_SUFFIXES)} files",
+        )
+    if profile is None or profile.target.providers() == ["cpu"]:
+        return OrtRunner(path, threads=threads, outputs=outputs, name=name)
+    providers, options = ort_provider_config(profile, path)
+    return OrtRunner(
+        path,
+        threads=threads,
+        providers=providers,
+        provider_options=options,
+        outputs=outputs,
+        name=name,
+    )
+
+
 def make_runner(
     model_dir: Path,
     card: ModelCard,
@@ -193,21 +232,11 @@ def make_runner(
     profile: Profile | None = None,
     name: str | None = None,
 ) -> Runner:
-    """The runner for a model dir: a TensorRT engine, or ONNX Runtime with the profile's
-    providers (CPU when there is no profile)."""
-    path = Path(model_dir) / card.model_file
-    if path.suffix in (".plan", ".engine"):
-        from kdeploy.runtime.trt_runner import TrtRunner
-
-        return TrtRunner(path, outputs=[card.output], name=name)
-    if profile is None or profile.target.providers() == ["cpu"]:
-        return OrtRunner(path, threads=threads, outputs=[card.output], name=name)
-    providers, options = ort_provider_config(profile, path)
-    return OrtRunner(
-        path,
+    """The runner for a model dir (its card names the file and the output to read)."""
+    return open_model_file(
+        Path(model_dir) / card.model_file,
         threads=threads,
-        providers=providers,
-        provider_options=options,
         outputs=[card.output],
+        profile=profile,
         name=name,
     )

@@ -25,7 +25,8 @@ def test_cuda_ep_matches_cpu(tiny_run):
     src = tiny_run / "export" / "student"
     card = ModelCard.load(src)
     feeds = TextEncoder(src / card.tokenizer_file, card.max_seq_length).encode(
-        ["a man is playing a guitar", "two dogs run in a field"])
+        ["a man is playing a guitar", "two dogs run in a field"]
+    )
     with OrtRunner(src / card.model_file, outputs=[card.output]) as cpu:
         want = cpu.infer(feeds)[card.output]
     with make_runner(src, card, profile=load_profile("a100-int8").profile) as gpu:

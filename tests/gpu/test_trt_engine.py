@@ -20,16 +20,25 @@ from tests.conftest import TINY_OVERRIDES
 pytestmark = [pytest.mark.gpu, pytest.mark.trt]
 
 # ONNX models on ONNX Runtime's CPU EP (no onnxruntime-gpu needed), the engine on the GPU
-GPU_TINY = [*TINY_OVERRIDES, "quantize.calibration_texts=64", "target.ort_providers=[cpu]",
-            "target.timing_cache=null"]
+GPU_TINY = [
+    *TINY_OVERRIDES,
+    "quantize.calibration_texts=64",
+    "target.ort_providers=[cpu]",
+    "target.timing_cache=null",
+]
 
 
 @pytest.fixture(scope="module")
 def gpu_run(tmp_path_factory, tiny_bert, stsb_small):
     out = tmp_path_factory.mktemp("gpu") / "run"
     run_pipeline(
-        RunRequest(profile=load_profile("h100-int8", GPU_TINY), model_dir=tiny_bert,
-                   data_dir=stsb_small, out_dir=out, options=RunOptions(progress=False)),
+        RunRequest(
+            profile=load_profile("h100-int8", GPU_TINY),
+            model_dir=tiny_bert,
+            data_dir=stsb_small,
+            out_dir=out,
+            options=RunOptions(progress=False),
+        ),
         log=print,
     )
     return out
@@ -37,8 +46,15 @@ def gpu_run(tmp_path_factory, tiny_bert, stsb_small):
 
 def test_engine_and_real_layer_json(gpu_run):
     engine_dir = gpu_run / "build" / "student"
-    for name in ("model.plan", "timing.cache", "layers.json", "layer_report.json",
-                 "trtexec.sh", "kdeploy_model.json", "tokenizer.json"):
+    for name in (
+        "model.plan",
+        "timing.cache",
+        "layers.json",
+        "layer_report.json",
+        "trtexec.sh",
+        "kdeploy_model.json",
+        "tokenizer.json",
+    ):
         assert (engine_dir / name).is_file(), name
     layers = parse_layers(load_layer_info(engine_dir / "layers.json"))
     assert any(x["math"] for x in layers)

@@ -74,12 +74,17 @@ def test_a100_plan():
 
 def test_sparsity_dla_and_precision_flags():
     assert plan_for("h100-int8", ["sparsify.enabled=true"]).flags == (
-        "INT8", "FP16", "SPARSE_WEIGHTS")
+        "INT8",
+        "FP16",
+        "SPARSE_WEIGHTS",
+    )
     orin = plan_for("orin-int8", ["target.dla_core=1"])
     assert orin.flags == ("INT8", "FP16", "GPU_FALLBACK") and orin.dla_core == 1
     assert orin.workspace_mb == 1024
-    assert "GPU_FALLBACK" not in plan_for(
-        "orin-int8", ["target.dla_core=0", "target.gpu_fallback=false"]).flags
+    assert (
+        "GPU_FALLBACK"
+        not in plan_for("orin-int8", ["target.dla_core=0", "target.gpu_fallback=false"]).flags
+    )
     fp16 = plan_for("t4-int8", ["target.precision=fp16", "quantize.enabled=false"])
     assert fp16.flags == ("FP16",)
 
@@ -107,8 +112,12 @@ def test_trtexec_command_for_a100():
 
 def test_orin_dla_and_sparsity_on_the_command_line():
     argv = trtexec_argv(plan_for("orin-int8", ["target.dla_core=0", "sparsify.enabled=true"]))
-    assert {"--useDLACore=0", "--allowGPUFallback", "--sparsity=enable",
-            "--memPoolSize=workspace:1024"} <= set(argv)
+    assert {
+        "--useDLACore=0",
+        "--allowGPUFallback",
+        "--sparsity=enable",
+        "--memPoolSize=workspace:1024",
+    } <= set(argv)
     assert "--maxShapes=input_ids:32x256,attention_mask:32x256,token_type_ids:32x256" in argv
 
 
@@ -171,9 +180,14 @@ def test_static_dimension_must_match_the_profile(tmp_path):
     with pytest.raises(ModelError, match="static sequence dimension 128") as err:
         make_plan(load_profile("a100-int8").profile, specs, onnx="m.onnx")
     assert "export.shapes.sequence" in err.value.fix
-    pinned = load_profile("a100-int8", [
-        "export.shapes.sequence={min: 128, opt: 128, max: 128}", "bench.sequence_lengths=[128]",
-        "verify.budgets.max_latency.sequence=128"]).profile
+    pinned = load_profile(
+        "a100-int8",
+        [
+            "export.shapes.sequence={min: 128, opt: 128, max: 128}",
+            "bench.sequence_lengths=[128]",
+            "verify.budgets.max_latency.sequence=128",
+        ],
+    ).profile
     plan = make_plan(pinned, specs, onnx="m.onnx")
     assert plan.shapes[0].min == (1, 128) and plan.shapes[0].max == (128, 128)
 

@@ -31,8 +31,11 @@ def test_fitting_target_has_no_problems():
         ("t4-int8", ["target.precision=fp8"], "devices with it: h100"),
         ("h100-int8", ["target.dla_core=0"], "h100 has no DLA"),
         ("t4-int8", ["sparsify.enabled=true"], r"t4 \(SM 7.5\) has no sparse tensor cores"),
-        ("orin-int8", ["target.dla_core=0", "target.precision=fp32", "quantize.enabled=false"],
-         "DLA runs fp16/int8 only"),
+        (
+            "orin-int8",
+            ["target.dla_core=0", "target.precision=fp32", "quantize.enabled=false"],
+            "DLA runs fp16/int8 only",
+        ),
         ("cpu-int8", ["target.ort_providers=[cuda]"], "need a GPU device"),
         ("h100-int8", ["target.precision=fp8"], "quantize stage writes INT8 only"),
         ("a100-int8", ["quantize.format=qoperator"], "explicit, symmetric int8 Q/DQ"),

@@ -54,17 +54,41 @@ def test_total_loss_uses_only_losses_that_apply():
     cfg = DistillConfig(losses={"embedding_mse": 1.0, "logit_kd": 0.5})
     x = kd.Outputs(pooled=torch.randn(3, 4))
     y = torch.randn(3, 4)
-    _, parts = kd.total_loss(x, "embedding", cfg, target=y, teacher=None,
-                             mask=torch.ones(3, 2), labels=None, layer_map=[])
+    _, parts = kd.total_loss(
+        x,
+        "embedding",
+        cfg,
+        target=y,
+        teacher=None,
+        mask=torch.ones(3, 2),
+        labels=None,
+        layer_map=[],
+    )
     assert set(parts) == {"embedding_mse"}
-    _, parts = kd.total_loss(x, "classification", cfg, target=y, teacher=None,
-                             mask=torch.ones(3, 2), labels=None, layer_map=[])
+    _, parts = kd.total_loss(
+        x,
+        "classification",
+        cfg,
+        target=y,
+        teacher=None,
+        mask=torch.ones(3, 2),
+        labels=None,
+        layer_map=[],
+    )
     assert set(parts) == {"logit_kd"}
     only_emb = DistillConfig(losses={"embedding_mse": 1.0, "logit_kd": 0.0})
     assert kd.applicable_losses(only_emb, "classification") == []
     with pytest.raises(ValueError, match="no enabled distillation loss"):
-        kd.total_loss(x, "classification", only_emb, target=y, teacher=None,
-                      mask=torch.ones(3, 2), labels=None, layer_map=[])
+        kd.total_loss(
+            x,
+            "classification",
+            only_emb,
+            target=y,
+            teacher=None,
+            mask=torch.ones(3, 2),
+            labels=None,
+            layer_map=[],
+        )
 
 
 def _run_distill(tiny_bert, data_dir, tmp_path, **cfg_kw):
@@ -76,14 +100,28 @@ def _run_distill(tiny_bert, data_dir, tmp_path, **cfg_kw):
     data = load_task_data(data_dir)
     items = [(t, None, None) for t in data.splits["train"].texts()[:96]]
     cfg = DistillConfig(batch_size=16, max_seq_length=32, **cfg_kw)
-    return distill(info, cfg, [1, 3], items, tmp_path, dev=data.splits["dev"], progress=False,
-                   log=lambda m: None)
+    return distill(
+        info,
+        cfg,
+        [1, 3],
+        items,
+        tmp_path,
+        dev=data.splits["dev"],
+        progress=False,
+        log=lambda m: None,
+    )
 
 
 def test_token_level_losses_train(tiny_bert, stsb_small, tmp_path):
-    out = _run_distill(tiny_bert, stsb_small, tmp_path, epochs=6, learning_rate=3e-3,
-                       losses={"embedding_mse": 1.0, "hidden_mse": 1.0, "attention_kl": 1.0},
-                       layer_map=[1, 3])
+    out = _run_distill(
+        tiny_bert,
+        stsb_small,
+        tmp_path,
+        epochs=6,
+        learning_rate=3e-3,
+        losses={"embedding_mse": 1.0, "hidden_mse": 1.0, "attention_kl": 1.0},
+        layer_map=[1, 3],
+    )
     hist = out.metrics["history"]
     assert {"embedding_mse", "hidden_mse", "attention_kl"} <= set(hist[0])
     assert hist[-1]["hidden_mse"] < hist[0]["hidden_mse"]

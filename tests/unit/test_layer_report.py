@@ -39,8 +39,10 @@ def gemm(name, in_fmt, out_fmt, tactic, onnx_node):
     return {
         "Name": name,
         "LayerType": "gemm",
-        "Inputs": [tensor(f"{name}_a", [-1, -1, 384], in_fmt, False),
-                   tensor(f"__mye_{name}_w", [384, 384], in_fmt, False)],
+        "Inputs": [
+            tensor(f"{name}_a", [-1, -1, 384], in_fmt, False),
+            tensor(f"__mye_{name}_w", [384, 384], in_fmt, False),
+        ],
         "Outputs": [tensor(f"{name}_out", [-1, -1, 384], out_fmt, False)],
         "TacticName": tactic,
         "StreamId": 0,
@@ -54,25 +56,45 @@ ENGINE_JSON = {
             "Name": "Reformatting CopyNode for Input Tensor 0 to /embeddings/Add",
             "LayerType": "Reformat",
             "Inputs": [tensor("/embeddings/Add_output_0", [-1, -1, 384], "Row major linear FP32")],
-            "Outputs": [tensor("Reformatted Input Tensor 0", [-1, -1, 384],
-                               "Row major Int8 format")],
+            "Outputs": [
+                tensor("Reformatted Input Tensor 0", [-1, -1, 384], "Row major Int8 format")
+            ],
             "ParameterType": "Reformat",
             "Origin": "QDQ",
             "TacticValue": "0x00000000000003ea",
             "StreamId": 0,
             "Metadata": "",
         },
-        {"Name": "dummy_shape_call__mye1_0_myl0_0", "LayerType": "shape_call", "Inputs": [],
-         "Outputs": [], "TacticName": "", "StreamId": 0, "Metadata": ""},
-        gemm("/encoder/layer.0/attention/self/query/MatMul_myl0_3", "Int8", "Half",
-             "sm80_xmma_gemm_i8i8_i8i32_f32_tn_n_tilesize128x128x64_stage3_warpsize2x2x1",
-             "/encoder/layer.0/attention/self/query/MatMul"),
-        gemm("/encoder/layer.0/attention/self/MatMul_myl0_7", "Half", "Half",
-             "sm80_xmma_gemm_f16f16_f16f32_f32_nn_n_tilesize64x64x64_stage4_warpsize2x2x1",
-             "/encoder/layer.0/attention/self/MatMul"),
-        gemm("/encoder/layer.0/intermediate/dense/MatMul_myl0_11", "Int8", "Int8",
-             "sm80_xmma_sparse_gemm_i8i8_i8i32_f32_tn_n_tilesize128x128x128_stage3",
-             "/encoder/layer.0/intermediate/dense/MatMul"),
+        {
+            "Name": "dummy_shape_call__mye1_0_myl0_0",
+            "LayerType": "shape_call",
+            "Inputs": [],
+            "Outputs": [],
+            "TacticName": "",
+            "StreamId": 0,
+            "Metadata": "",
+        },
+        gemm(
+            "/encoder/layer.0/attention/self/query/MatMul_myl0_3",
+            "Int8",
+            "Half",
+            "sm80_xmma_gemm_i8i8_i8i32_f32_tn_n_tilesize128x128x64_stage3_warpsize2x2x1",
+            "/encoder/layer.0/attention/self/query/MatMul",
+        ),
+        gemm(
+            "/encoder/layer.0/attention/self/MatMul_myl0_7",
+            "Half",
+            "Half",
+            "sm80_xmma_gemm_f16f16_f16f32_f32_nn_n_tilesize64x64x64_stage4_warpsize2x2x1",
+            "/encoder/layer.0/attention/self/MatMul",
+        ),
+        gemm(
+            "/encoder/layer.0/intermediate/dense/MatMul_myl0_11",
+            "Int8",
+            "Int8",
+            "sm80_xmma_sparse_gemm_i8i8_i8i32_f32_tn_n_tilesize128x128x128_stage3",
+            "/encoder/layer.0/intermediate/dense/MatMul",
+        ),
         {
             "Name": "/encoder/layer.0/output/LayerNorm_myl0_12",
             "LayerType": "kgen",
@@ -95,10 +117,13 @@ ENGINE_JSON = {
             "StreamId": 0,
             "Metadata": "[ONNX Layer: /pooler/dense/MatMul]",
         },
-        {"Name": "copied_squeeze_after_pool", "LayerType": "NoOp",
-         "Inputs": [tensor("pool_out", [-1, 384, 1, 1], "Row major linear FP32")],
-         "Outputs": [tensor("sentence_embedding", [-1, 384], "Row major linear FP32")],
-         "TacticValue": "0x0000000000000000"},
+        {
+            "Name": "copied_squeeze_after_pool",
+            "LayerType": "NoOp",
+            "Inputs": [tensor("pool_out", [-1, 384, 1, 1], "Row major linear FP32")],
+            "Outputs": [tensor("sentence_embedding", [-1, 384], "Row major linear FP32")],
+            "TacticValue": "0x0000000000000000",
+        },
     ],
     "Bindings": ["input_ids", "attention_mask", "token_type_ids", "sentence_embedding"],
 }
@@ -139,7 +164,11 @@ def test_layers_precision_and_sparsity(layer_file):
     by = {x["name"]: x for x in layers}
     q = by["/encoder/layer.0/attention/self/query/MatMul_myl0_3"]
     assert (q["precision"], q["output_precision"], q["math"], q["sparse"]) == (
-        "INT8", "FP16", True, False)
+        "INT8",
+        "FP16",
+        True,
+        False,
+    )
     assert q["onnx_nodes"][0] == "/encoder/layer.0/attention/self/query/MatMul"
     assert by["/encoder/layer.0/intermediate/dense/MatMul_myl0_11"]["sparse"]  # sparse tactic
     assert by["/pooler/dense/MatMul + /pooler/Tanh"]["sparse"]  # HasSparseWeights: 1
@@ -152,12 +181,18 @@ def test_summary_names_the_fallbacks(layer_file):
     assert s["math_layers"] == 4
     assert s["math_precision"] == {"FP16": 1, "FP32": 1, "INT8": 2}
     assert [f["name"] for f in s["fallback_layers"]] == [
-        "/encoder/layer.0/attention/self/MatMul_myl0_7", "/pooler/dense/MatMul + /pooler/Tanh"]
-    assert s["sparse_layers"] == ["/encoder/layer.0/intermediate/dense/MatMul_myl0_11",
-                                  "/pooler/dense/MatMul + /pooler/Tanh"]
+        "/encoder/layer.0/attention/self/MatMul_myl0_7",
+        "/pooler/dense/MatMul + /pooler/Tanh",
+    ]
+    assert s["sparse_layers"] == [
+        "/encoder/layer.0/intermediate/dense/MatMul_myl0_11",
+        "/pooler/dense/MatMul + /pooler/Tanh",
+    ]
     assert s["type_conversions"] == ["Reformatting CopyNode for Input Tensor 0 to /embeddings/Add"]
-    assert len(s["warnings"]) == 1 and "2 of 4 GEMM/convolution layers do not run INT8" in (
-        s["warnings"][0])
+    assert (
+        len(s["warnings"]) == 1
+        and "2 of 4 GEMM/convolution layers do not run INT8" in (s["warnings"][0])
+    )
     text = "\n".join(report_lines(s))
     assert "INT8 2" in text and "sparse kernels: 2 layer(s)" in text
 
@@ -183,15 +218,23 @@ def test_builder_log_sparsity_lines():
         "implementation for layers: conv2, conv3",
         "unrelated line",
     ]
-    assert sparsity_from_log(lines) == {"eligible": ["conv1", "conv2", "conv3"],
-                                        "picked": ["conv2", "conv3"]}
+    assert sparsity_from_log(lines) == {
+        "eligible": ["conv1", "conv2", "conv3"],
+        "picked": ["conv2", "conv3"],
+    }
 
 
 def test_opaque_myelin_nodes_are_reported():
-    data = {"Layers": [{"Name": "{ForeignNode[/embeddings/Add.../pooler/Tanh]}",
-                        "LayerType": "Myelin",
-                        "Inputs": [tensor("input_ids", [-1, -1], "Row major linear Int64 format")],
-                        "Outputs": [tensor("out", [-1, 384], "Row major linear FP32")]}]}
+    data = {
+        "Layers": [
+            {
+                "Name": "{ForeignNode[/embeddings/Add.../pooler/Tanh]}",
+                "LayerType": "Myelin",
+                "Inputs": [tensor("input_ids", [-1, -1], "Row major linear Int64 format")],
+                "Outputs": [tensor("out", [-1, 384], "Row major linear FP32")],
+            }
+        ]
+    }
     s = summarize(parse_layers(data), precision="int8", sparse_requested=False)
     assert any("opaque" in w for w in s["warnings"])
     assert any("no GEMM/convolution layer" in w for w in s["warnings"])
@@ -220,8 +263,17 @@ def test_report_section_shows_the_plan_the_layers_and_the_trtexec_line():
 
     plan = make_plan(load_profile("a100-int8").profile, BERT_INPUTS, onnx="q/model.onnx")
     summary = summarize(parse_layers(ENGINE_JSON), precision="int8", sparse_requested=False)
-    text = "\n".join(build_lines({"plan": plan.to_json(), "trtexec": trtexec_command(plan),
-                                  "layers": summary, "tensorrt": "10.9.0", "build_seconds": 12.5}))
+    text = "\n".join(
+        build_lines(
+            {
+                "plan": plan.to_json(),
+                "trtexec": trtexec_command(plan),
+                "layers": summary,
+                "tensorrt": "10.9.0",
+                "build_seconds": 12.5,
+            }
+        )
+    )
     assert "## TensorRT engine" in text and "TensorRT 10.9.0 for a100 (SM 8.0)" in text
     assert "builder flags INT8, FP16" in text and "built in 12.5s" in text
     assert trtexec_command(plan) in text

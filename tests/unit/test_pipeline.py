@@ -197,8 +197,9 @@ def test_device_stages_reuse_and_rerun_a_host_run(tiny_run_copy, stsb_small):
 
     res = run_device_stages(tiny_run_copy, until="package", log=lambda m: None)
     assert (res.ran, res.reused, res.skipped) == ([], ["bench", "verify", "package"], ["build"])
-    res = run_device_stages(tiny_run_copy, until="verify", force=True, data_dir=stsb_small,
-                            log=lambda m: None)
+    res = run_device_stages(
+        tiny_run_copy, until="verify", force=True, data_dir=stsb_small, log=lambda m: None
+    )
     assert res.ran == ["bench", "verify"]
     out = CliRunner().invoke(cli, ["build", str(tiny_run_copy)], catch_exceptions=False)
     assert out.exit_code == 0, out.output

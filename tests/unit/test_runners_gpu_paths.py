@@ -54,8 +54,11 @@ def test_missing_gpu_provider_is_an_error_not_a_cpu_fallback(tiny_onnx):
 
 def test_cpu_runner_and_its_bench_call(tiny_onnx):
     card = ModelCard(task="classification", output="logits", max_seq_length=8)
-    feeds = {"input_ids": np.array([[1, 2, 3]]), "attention_mask": np.array([[1, 1, 0]]),
-             "token_type_ids": np.zeros((1, 3), dtype=np.int64)}
+    feeds = {
+        "input_ids": np.array([[1, 2, 3]]),
+        "attention_mask": np.array([[1, 1, 0]]),
+        "token_type_ids": np.zeros((1, 3), dtype=np.int64),
+    }
     with make_runner(tiny_onnx.parent, card, profile=load_profile("cpu-int8").profile) as r:
         assert r.io_mode == "host" and r.input_names == ["input_ids", "attention_mask"]
         out = r.infer(feeds)
@@ -64,8 +67,9 @@ def test_cpu_runner_and_its_bench_call(tiny_onnx):
 
 
 def test_engine_files_get_the_tensorrt_runner(tmp_path):
-    card = ModelCard(task="embedding", output="sentence_embedding", max_seq_length=8,
-                     model_file="model.plan")
+    card = ModelCard(
+        task="embedding", output="sentence_embedding", max_seq_length=8, model_file="model.plan"
+    )
     runner = make_runner(tmp_path, card)
     assert isinstance(runner, TrtRunner)
     try:
@@ -76,8 +80,9 @@ def test_engine_files_get_the_tensorrt_runner(tmp_path):
         assert "'tensorrt'" in err.value.what and "kdeploy[trt]" in err.value.fix
 
 
-@pytest.mark.parametrize("version, ok", [("10.0.1", True), ("10.16.0.72", True),
-                                         ("11.4.0.106", False), ("8.6.1", False)])
+@pytest.mark.parametrize(
+    "version, ok", [("10.0.1", True), ("10.16.0.72", True), ("11.4.0.106", False), ("8.6.1", False)]
+)
 def test_tensorrt_major_version(version, ok):
     if ok:
         check_trt_version(version)

@@ -17,25 +17,66 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = ("kdeploy/runtime/trt_build.py", "kdeploy/runtime/trt_runner.py")
-OWNERS = {"trt", "builder", "config", "network", "parser", "profile", "runtime", "engine",
-          "inspector"}
+OWNERS = {
+    "trt",
+    "builder",
+    "config",
+    "network",
+    "parser",
+    "profile",
+    "runtime",
+    "engine",
+    "inspector",
+}
 
 VERIFIED_10X = {
-    "trt.Builder", "trt.BuilderFlag", "trt.DeviceType", "trt.DeviceType.DLA", "trt.ILogger",
-    "trt.ILogger.__init__", "trt.ILogger.Severity", "trt.ILogger.Severity.ERROR",
-    "trt.ILogger.Severity.INTERNAL_ERROR", "trt.ILogger.Severity.VERBOSE",
-    "trt.LayerInformationFormat", "trt.LayerInformationFormat.JSON", "trt.MemoryPoolType",
-    "trt.MemoryPoolType.WORKSPACE", "trt.OnnxParser", "trt.ProfilingVerbosity", "trt.Runtime",
-    "trt.TensorIOMode", "trt.TensorIOMode.INPUT", "trt.__version__", "trt.nptype",
-    "builder.build_serialized_network", "builder.create_builder_config",
-    "builder.create_network", "builder.create_optimization_profile", "builder.num_DLA_cores",
-    "config.DLA_core", "config.add_optimization_profile", "config.builder_optimization_level",
-    "config.create_timing_cache", "config.default_device_type", "config.get_timing_cache",
-    "config.profiling_verbosity", "config.set_flag", "config.set_memory_pool_limit",
-    "config.set_timing_cache", "engine.create_engine_inspector", "engine.get_tensor_dtype",
-    "engine.get_tensor_mode", "engine.get_tensor_name", "engine.num_io_tensors",
-    "inspector.get_engine_information", "parser.get_error", "parser.num_errors",
-    "parser.parse_from_file", "profile.set_shape", "runtime.deserialize_cuda_engine",
+    "trt.Builder",
+    "trt.BuilderFlag",
+    "trt.DeviceType",
+    "trt.DeviceType.DLA",
+    "trt.ILogger",
+    "trt.ILogger.__init__",
+    "trt.ILogger.Severity",
+    "trt.ILogger.Severity.ERROR",
+    "trt.ILogger.Severity.INTERNAL_ERROR",
+    "trt.ILogger.Severity.VERBOSE",
+    "trt.LayerInformationFormat",
+    "trt.LayerInformationFormat.JSON",
+    "trt.MemoryPoolType",
+    "trt.MemoryPoolType.WORKSPACE",
+    "trt.OnnxParser",
+    "trt.ProfilingVerbosity",
+    "trt.Runtime",
+    "trt.TensorIOMode",
+    "trt.TensorIOMode.INPUT",
+    "trt.__version__",
+    "trt.nptype",
+    "builder.build_serialized_network",
+    "builder.create_builder_config",
+    "builder.create_network",
+    "builder.create_optimization_profile",
+    "builder.num_DLA_cores",
+    "config.DLA_core",
+    "config.add_optimization_profile",
+    "config.builder_optimization_level",
+    "config.create_timing_cache",
+    "config.default_device_type",
+    "config.get_timing_cache",
+    "config.profiling_verbosity",
+    "config.set_flag",
+    "config.set_memory_pool_limit",
+    "config.set_timing_cache",
+    "engine.create_engine_inspector",
+    "engine.get_tensor_dtype",
+    "engine.get_tensor_mode",
+    "engine.get_tensor_name",
+    "engine.num_io_tensors",
+    "inspector.get_engine_information",
+    "parser.get_error",
+    "parser.num_errors",
+    "parser.parse_from_file",
+    "profile.set_shape",
+    "runtime.deserialize_cuda_engine",
 }
 # enum members reached through getattr(trt.BuilderFlag, name) / getattr(trt.ProfilingVerbosity)
 VERIFIED_BUILDER_FLAGS = {"FP16", "INT8", "FP8", "SPARSE_WEIGHTS", "GPU_FALLBACK"}
@@ -69,8 +110,22 @@ def test_flags_and_verbosity_the_plan_can_emit_are_verified():
     assert emitted <= VERIFIED_BUILDER_FLAGS
     from kdeploy.runtime.build_plan import BuildPlan
 
-    kinds = {s.value for s in BuildPlan(
-        device="a100", compute_capability="SM 8.0", precision="fp32", flags=(), shapes=(),
-        workspace_mb=1, optimization_level=3, dla_core=None, onnx="m", engine="e",
-        timing_cache="t", layer_info="l").settings() if s.kind == "profiling_verbosity"}
+    kinds = {
+        s.value
+        for s in BuildPlan(
+            device="a100",
+            compute_capability="SM 8.0",
+            precision="fp32",
+            flags=(),
+            shapes=(),
+            workspace_mb=1,
+            optimization_level=3,
+            dla_core=None,
+            onnx="m",
+            engine="e",
+            timing_cache="t",
+            layer_info="l",
+        ).settings()
+        if s.kind == "profiling_verbosity"
+    }
     assert kinds <= VERIFIED_VERBOSITY

@@ -62,8 +62,11 @@ def test_quantized_student_has_symmetric_int8_qdq(a100_run):
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert len(qdq) > 10
-    assert not [n for n in model.graph.node if n.op_type in ("MatMulInteger", "QLinearMatMul",
-                                                              "DynamicQuantizeLinear")]
+    assert not [
+        n
+        for n in model.graph.node
+        if n.op_type in ("MatMulInteger", "QLinearMatMul", "DynamicQuantizeLinear")
+    ]
     for node in qdq:
         assert len(node.input) == 3, node.name
         zp = inits[node.input[2]]
@@ -74,8 +77,9 @@ def test_quantized_student_has_symmetric_int8_qdq(a100_run):
     dq_out = {n.output[0] for n in qdq if n.op_type == "DequantizeLinear"}
     matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
     assert matmuls and all(set(n.input) <= dq_out for n in matmuls)
-    assert not [n for n in model.graph.node if n.op_type == "LayerNormalization"
-                and set(n.input) & dq_out]
+    assert not [
+        n for n in model.graph.node if n.op_type == "LayerNormalization" and set(n.input) & dq_out
+    ]
 
 
 def test_build_plan_from_the_real_quantized_model(a100_run):
@@ -92,8 +96,18 @@ def test_compress_cli_exit_code_on_rerun(a100_run, tiny_bert, stsb_small, tmp_pa
     run_dir, _ = a100_run
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
-    args = ["compress", "--profile", "a100-int8", "--model", str(tiny_bert), "--data",
-            str(stsb_small), "--out", str(copy), "--no-progress"]
+    args = [
+        "compress",
+        "--profile",
+        "a100-int8",
+        "--model",
+        str(tiny_bert),
+        "--data",
+        str(stsb_small),
+        "--out",
+        str(copy),
+        "--no-progress",
+    ]
     for o in A100_TINY:
         args += ["--set", o]
     res = CliRunner().invoke(cli, args, catch_exceptions=False)

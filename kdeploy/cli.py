@@ -350,6 +350,7 @@ def bench(target, data_dir, profile_ref, overrides, json_out) -> None:
         threads=p.target.threads,
         texts=texts,
         log=lambda m: click.echo(m, err=True),
+        profile=p,
     )
     click.echo("| model | batch x seq | p50 ms | p99 ms |\n|---|---|---|---|")
     for name, m in result["models"].items():
@@ -444,6 +445,82 @@ def verify(target, data_dir, reference, profile_ref, overrides, json_out) -> Non
             f"budget(s) missed: {', '.join(failed)}",
             where=str(json_out or target),
             fix="see the budget table above",
+        )
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option(
+    "--until",
+    default="build",
+    show_default=True,
+    metavar="STAGE",
+    help="Go on after the build: bench, verify or package (records them in the run).",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The run's data dir, when it sits elsewhere on this machine.",
+)
+@click.option("--force", is_flag=True, help="Rebuild even when the engine is up to date.")
+def build(run_dir, until, data_dir, force) -> None:
+    """Build the TensorRT engine of a run on the target GPU (no torch), then optionally
+    bench, verify and package it (--until package)."""
+    from kdeploy.fsutil import read_json
+    from kdeploy.pipeline import run_device_stages
+    from kdeploy.runtime.layer_report import report_lines
+
+    try:
+        result = run_device_stages(
+            run_dir,
+            until=until,
+            data_dir=data_dir,
+            force=force,
+            log=lambda m: click.echo(m, err=True),
+        )
+    except KdeployError as exc:
+        if exc.exit_code == 8:
+            _print_summary(run_dir)
+        raise
+    rec = result.manifest.stages.get("build")
+    if rec is not None:
+        click.echo(f"engine: {rec.outputs['student_trt'].abspath(run_dir)}")
+        click.echo("\n".join(report_lines(rec.metrics["layers"])))
+        click.echo(f"trtexec equivalent (from {run_dir}):\n  {rec.metrics['trtexec']}")
+    elif "build" in result.skipped:
+        click.echo(
+            f"profile {read_json(run_dir / 'manifest.json')['profile']['name']} "
+            "has no TensorRT build (runtime is not trt)"
+        )
+    _print_summary(run_dir)
+
+
+@cli.command("serve-check")
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
+def serve_check_cmd(run_dir, json_out) -> None:
+    """Check a packaged run: Triton config vs graph, runtime and Triton model vs the stored
+    reference outputs (no torch; needs kdeploy[triton] for the config)."""
+    from kdeploy.errors import ModelError
+    from kdeploy.servecheck import serve_check
+
+    result = serve_check(run_dir, log=lambda m: click.echo(m, err=True))
+    click.echo("| check | result | detail |\n|---|---|---|")
+    for c in result["checks"]:
+        click.echo(f"| {c['check']} | {'pass' if c['passed'] else '**FAIL**'} | {c['detail']} |")
+    if json_out:
+        from kdeploy.fsutil import atomic_write_json
+
+        atomic_write_json(json_out, result)
+    if not result["passed"]:
+        failed = [c["check"] for c in result["checks"] if not c["passed"]]
+        raise ModelError(
+            f"serve-check failed: {', '.join(failed)}",
+            where=str(run_dir / "package"),
+            fix="the packaged model no longer matches its reference outputs or its Triton "
+            "config; rerun `kdeploy compress --from package` (see the table above)",
         )
 
 

@@ -19,6 +19,7 @@ _EXTRAS = {
     "onnx": "train",
     "safetensors": "train",
     "tensorrt": "trt",
+    "polygraphy": "trt",
     "matplotlib": "plots",
     "tritonclient": "triton",
 }

@@ -75,6 +75,17 @@ class ExportError(KdeployError):
     kind = "export error"
 
 
+class HandOff(KdeployError):
+    """The host did what it can; the next stage must run on the target device.
+
+    Not a failure: the finished stages are kept, and the message says which command to run
+    on the target. A distinct exit code lets scripts tell it apart from an error.
+    """
+
+    exit_code = 11
+    kind = "stopped before"
+
+
 class UsageError(KdeployError):
     """Conflicting or invalid command-line flags."""
 

@@ -26,6 +26,7 @@ from kdeploy.deps import version_of
 from kdeploy.errors import (
     BudgetError,
     DataError,
+    HandOff,
     Interrupted,
     KdeployError,
     ProfileError,
@@ -293,13 +294,6 @@ def run_pipeline(req: RunRequest, log: Callable[[str], None] = print) -> RunResu
             fix="--from must name a stage at or before --until",
         )
     profile = req.profile.profile
-    if profile.target.runtime == "trt":
-        raise StageError(
-            f"profile {profile.name} builds a TensorRT engine, and this version of kdeploy "
-            "has no TensorRT build stage yet",
-            where=f"profile {profile.name}: target.runtime trt",
-            fix="use an ONNX Runtime profile such as cpu-int8",
-        )
     teacher = inspect_model(
         req.model_dir,
         allow_pickle=req.options.allow_pickle,
@@ -400,16 +394,7 @@ def _run_locked(
             got = inputs.resolve(spec)
             if got is not None:
                 consumed[got] = inputs.digests[got]
-        versions = {tool: version_of(tool) for tool in mod.TOOLS}
-        key = digest_json(
-            {
-                "stage": name,
-                "kdeploy": __version__,
-                "config": mod.config(profile),
-                "inputs": consumed,
-                "versions": versions,
-            }
-        )
+        key, versions = _stage_key(name, mod, profile, consumed)
         record = manifest.stages.get(name)
         rerun_reason = None
         if record is None:
@@ -443,6 +428,7 @@ def _run_locked(
             for out_name, art in record.outputs.items():
                 inputs.set(out_name, art.abspath(run_dir), art.digest, art.file_paths(run_dir))
             continue
+        _hand_off_if_unavailable(name, mod, manifest, run_dir)
         log(f"[{name}] running ({rerun_reason})")
         inputs.verify(name, list(consumed), hashes)
 
@@ -465,16 +451,175 @@ def _run_locked(
         skipped=skipped,
         seconds=time.perf_counter() - t_start,
     )
+    _check_budgets(manifest, profile.name, run_dir, until_i)
+    return result
+
+
+def _check_budgets(manifest: Manifest, profile_name: str, run_dir: Path, until_i: int) -> None:
     verify = manifest.stages.get("verify")
     budget_checked = verify is not None and until_i >= ORDER.index("verify")
     if budget_checked and not verify.metrics.get("passed", True):
         failed = [b["name"] for b in verify.metrics.get("budgets", []) if not b["passed"]]
         raise BudgetError(
-            f"profile {profile.name}: budget(s) missed: {', '.join(failed)}",
+            f"profile {profile_name}: budget(s) missed: {', '.join(failed)}",
             where=str(run_dir / "package" / "report.md"),
             fix="see the budget table above; artifacts and the report are kept",
         )
-    return result
+
+
+def _stage_key(
+    name: str, mod: Any, profile: Any, consumed: dict[str, str]
+) -> tuple[str, dict[str, str | None]]:
+    versions = {tool: version_of(tool) for tool in mod.TOOLS}
+    key = digest_json(
+        {
+            "stage": name,
+            "kdeploy": __version__,
+            "config": mod.config(profile),
+            "inputs": consumed,
+            "versions": versions,
+        }
+    )
+    return key, versions
+
+
+def _hand_off_if_unavailable(name: str, mod: Any, manifest: Manifest, run_dir: Path) -> None:
+    """A stage that cannot run here (no TensorRT on the host) ends the run cleanly."""
+    reason = getattr(mod, "unavailable", lambda: None)()
+    if reason is None:
+        return
+    manifest.save(run_dir)
+    done = ", ".join(manifest.stages) or "none"
+    raise HandOff(
+        f"stage {name}: {reason}. Finished stages ({done}) are kept in {run_dir}",
+        where=str(run_dir),
+        fix=f"copy {run_dir} to the target device (with kdeploy[trt] installed) and run "
+        f"`kdeploy build {run_dir} --until package` there (build, bench, verify, report); "
+        f"or `kdeploy build {run_dir}`, then `kdeploy bench {run_dir}` and "
+        f"`kdeploy verify {run_dir}`",
+    )
+
+
+def run_device_stages(
+    run_dir: Path,
+    *,
+    until: str = "build",
+    data_dir: Path | None = None,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+) -> RunResult:
+    """Run the device stages (build .. until) of a run that a host started, torch-free.
+
+    Inputs come from the manifest, their sha256 checked first; outputs are recorded in the
+    manifest like any stage's. ``data_dir`` replaces the run's data path (same content:
+    its digest must match), for when the data sits elsewhere on the device.
+    """
+    from kdeploy.profiles import load_profile
+
+    t_start = time.perf_counter()
+    _check_stage_name("--until", until)
+    first = ORDER.index("build")
+    if ORDER.index(until) < first:
+        raise UsageError(
+            f"--until {until} is a host stage",
+            where=f"--until {until}",
+            fix="give build or a later stage",
+        )
+    manifest = load_manifest(run_dir)
+    if manifest is None:
+        raise RunDirError(
+            f"{run_dir} is not a kdeploy run directory (no manifest.json)",
+            where=str(run_dir),
+            fix="start the run on a host with `kdeploy compress --profile <gpu profile>`",
+        )
+    loaded = load_profile(run_dir / "profile.yaml")
+    profile = loaded.profile
+    inputs = _Inputs()
+    hashes = _Hashes()
+    for rec_name, rec in manifest.stages.items():
+        for out_name, art in rec.outputs.items():
+            problems = art.check(run_dir, hashes.sha256)
+            if problems and ORDER.index(rec_name) < first:
+                raise RunDirError(
+                    f"artifact {out_name} of {run_dir} is damaged: {problems[0]}",
+                    where=str(art.abspath(run_dir)),
+                    fix="copy the run directory again from the host",
+                )
+            if not problems:
+                inputs.set(out_name, art.abspath(run_dir), art.digest, art.file_paths(run_dir))
+    data = data_dir or Path(manifest.data["path"])
+    if not data.is_dir():
+        raise DataError(
+            f"the run's data directory {data} is not on this machine",
+            where=str(data),
+            fix="pass --data DIR with the same data",
+        )
+    data_shas = {p: hashes.sha256(p) for p in data_files(data)}
+    digest = combine_digests({p.name: sha for p, sha in data_shas.items()})
+    if manifest.data.get("digest") and digest != manifest.data["digest"]:
+        raise DataError(
+            f"{data} does not hold the data the run was started with (digest differs)",
+            where=str(data),
+            fix="pass --data with the run's data directory",
+        )
+    inputs.set("dataset", data, digest, data_shas)
+    req = RunRequest(
+        profile=loaded,
+        model_dir=Path(manifest.model.get("path", ".")),
+        data_dir=data,
+        out_dir=run_dir,
+        options=RunOptions(progress=False),
+    )
+    ran: list[str] = []
+    reused: list[str] = []
+    skipped: list[str] = []
+    with _locked(run_dir):
+        for name in ORDER[first : ORDER.index(until) + 1]:
+            mod = load_stage(name)
+            if not mod.enabled(profile):
+                skipped.append(name)
+                continue
+            consumed = {}
+            for spec in mod.CONSUMES:
+                got = inputs.resolve(spec)
+                if got is not None:
+                    consumed[got] = inputs.digests[got]
+            key, versions = _stage_key(name, mod, profile, consumed)
+            record = manifest.stages.get(name)
+            intact = record is not None and not [
+                p for a in record.outputs.values() for p in a.check(run_dir, hashes.sha256)
+            ]
+            if not force and intact and record.key == key:
+                reused.append(name)
+                log(f"[{name}] up to date, reused")
+                for out_name, art in record.outputs.items():
+                    inputs.set(out_name, art.abspath(run_dir), art.digest, art.file_paths(run_dir))
+                continue
+            # no hand-off here: this is the target, so a missing TensorRT is an install
+            # problem and the stage says which extra to install (exit 9)
+            log(f"[{name}] running on this device")
+            inputs.verify(name, list(consumed), hashes)
+
+            def commit(rec: StageRecord, name: str = name) -> None:
+                manifest.stages[name] = rec
+                manifest.save(run_dir)
+
+            record = _run_stage(
+                name, mod, key, consumed, versions, req, inputs, run_dir, log, hashes, commit
+            )
+            ran.append(name)
+            for out_name, art in record.outputs.items():
+                inputs.set(out_name, art.abspath(run_dir), art.digest, art.file_paths(run_dir))
+            log(f"[{name}] done in {record.seconds:.1f}s")
+    _check_budgets(manifest, profile.name, run_dir, ORDER.index(until))
+    return RunResult(
+        run_dir=run_dir,
+        manifest=manifest,
+        ran=ran,
+        reused=reused,
+        skipped=skipped,
+        seconds=time.perf_counter() - t_start,
+    )
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

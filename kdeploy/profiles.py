@@ -42,19 +42,52 @@ class Target(_Strict):
     runtime: Literal["ort", "trt"] = Field(
         description="ort = ONNX Runtime, trt = TensorRT engine (GPU devices only)."
     )
-    precision: Literal["fp32", "fp16", "int8"] = "int8"
+    precision: Literal["fp32", "fp16", "int8", "fp8"] = "int8"
     threads: int | None = Field(
         default=None, ge=1, le=256, description="ONNX Runtime intra-op threads (CPU)."
     )
     dla_core: int | None = Field(default=None, ge=0, le=1, description="Orin DLA core.")
+    gpu_fallback: bool = Field(
+        default=True, description="With dla_core: run layers the DLA cannot run on the GPU."
+    )
+    workspace_mb: int = Field(
+        default=4096, ge=16, le=1 << 20, description="TensorRT builder workspace limit (MiB)."
+    )
+    builder_optimization_level: int = Field(
+        default=3, ge=0, le=5, description="TensorRT builder optimization level (3 = default)."
+    )
+    timing_cache: str | None = Field(
+        default="~/.cache/kdeploy/trt-timing",
+        description="Directory of persistent TensorRT timing caches, one file per device and "
+        "TensorRT version (null: only the run's own cache).",
+    )
+    ort_providers: list[Literal["tensorrt", "cuda", "cpu"]] | None = Field(
+        default=None,
+        description="ONNX Runtime execution providers for the ONNX models, in priority order "
+        "(default: cpu on the CPU, cuda on GPUs).",
+    )
 
     @model_validator(mode="after")
     def _runtime_fits_device(self) -> Target:
+        from kdeploy.devices import caps, target_problems
+
         if self.runtime == "trt" and self.device == "cpu":
             raise ValueError("runtime 'trt' needs a GPU device; use runtime 'ort' for cpu")
-        if self.dla_core is not None and self.device != "orin":
-            raise ValueError("dla_core is only available on device 'orin'")
+        problems = target_problems(
+            self.device, self.precision, self.dla_core, sparsify=False, runtime=self.runtime
+        )
+        if problems:
+            raise ValueError("; ".join(problems))
+        gpu_eps = {"tensorrt", "cuda"} & set(self.ort_providers or ())
+        if gpu_eps and not caps(self.device).gpu:
+            raise ValueError(f"ort_providers {sorted(gpu_eps)} need a GPU device, not cpu")
         return self
+
+    def providers(self) -> list[str]:
+        """ONNX Runtime providers for this target (the default filled in)."""
+        if self.ort_providers:
+            return list(self.ort_providers)
+        return ["cuda"] if self.device != "cpu" else ["cpu"]
 
 
 class StudentConfig(_Strict):
@@ -83,16 +116,41 @@ class StudentConfig(_Strict):
 
 
 class LossWeights(_Strict):
-    """Weights of the distillation losses; 0 switches a loss off."""
+    """Weights of the distillation losses; 0 switches a loss off.
 
-    embedding_mse: float = Field(default=1.0, ge=0)
-    embedding_cosine: float = Field(default=0.0, ge=0)
+    Losses that do not apply to the teacher's kind are ignored (embedding_* for embedding
+    teachers, logit_kd and hard_label for classifiers; hidden_mse and attention_kl for both).
+    """
+
+    embedding_mse: float = Field(default=1.0, ge=0, description="MSE of pooled embeddings.")
+    embedding_cosine: float = Field(default=0.0, ge=0, description="1 - cosine of embeddings.")
+    logit_kd: float = Field(
+        default=1.0, ge=0, description="KL of softened class distributions (Hinton et al.)."
+    )
+    hard_label: float = Field(
+        default=0.0, ge=0, description="Cross-entropy with gold labels (train rows only)."
+    )
+    hidden_mse: float = Field(
+        default=0.0,
+        ge=0,
+        description="MSE between student layer i and teacher layer layer_map[i] hidden states "
+        "(a learned projection when widths differ).",
+    )
+    attention_kl: float = Field(
+        default=0.0,
+        ge=0,
+        description="KL between student and teacher attention probabilities (per layer map).",
+    )
 
     @model_validator(mode="after")
     def _something_on(self) -> LossWeights:
         if not any(v > 0 for v in self.model_dump().values()):
             raise ValueError("at least one distillation loss needs a weight > 0")
         return self
+
+    def needs_teacher_online(self) -> bool:
+        """Token-level losses need the teacher's inner states for every batch."""
+        return self.hidden_mse > 0 or self.attention_kl > 0
 
 
 class DistillConfig(_Strict):
@@ -108,7 +166,27 @@ class DistillConfig(_Strict):
         default=None, ge=1, description="Cap on distinct training texts (None = all)."
     )
     seed: int = 42
+    temperature: float = Field(default=2.0, gt=0, le=100, description="logit_kd temperature.")
     losses: LossWeights = LossWeights()
+    layer_map: list[int] | None = Field(
+        default=None,
+        description="Teacher layer matched by each student layer in hidden_mse/attention_kl "
+        "(None = the layer the student inherited).",
+    )
+    select_best: bool = Field(
+        default=True,
+        description="Score the student on the dev split after every epoch and keep the best "
+        "epoch (dev only: test is never used for choices).",
+    )
+    early_stopping_patience: int | None = Field(
+        default=None, ge=1, description="Stop after this many epochs without a dev gain."
+    )
+
+    @model_validator(mode="after")
+    def _stopping_needs_scores(self) -> DistillConfig:
+        if self.early_stopping_patience is not None and not self.select_best:
+            raise ValueError("early_stopping_patience needs select_best: true (dev scores)")
+        return self
 
 
 class SparsifyConfig(_Strict):
@@ -192,16 +270,90 @@ class Budgets(_Strict):
     min_speedup: SpeedupBudget | None = None
 
 
+DEFAULT_EVAL_BATCH = 64
+
+
 class VerifyConfig(_Strict):
     eval_split: Literal["auto", "dev", "test"] = "auto"
     max_eval_examples: int | None = Field(default=None, ge=1)
     batch_size: int | None = Field(
         default=None,
         ge=1,
-        description="Texts per inference call; None = 64. A value larger than the eval split "
-        "is refused (the split is then not the data you meant, or the value is a typo).",
+        description=f"Texts per inference call; None = {DEFAULT_EVAL_BATCH}. A value larger "
+        "than the eval split is refused (the split is then not the data you meant, or the "
+        "value is a typo).",
     )
     budgets: Budgets = Budgets()
+
+    @property
+    def eval_batch_size(self) -> int:
+        return self.batch_size or DEFAULT_EVAL_BATCH
+
+
+def _check_device_fit(p: Profile) -> None:
+    """Profile-wide rules that come from the target device and the TensorRT build."""
+    from kdeploy.devices import target_problems
+
+    t = p.target
+    problems = target_problems(
+        t.device, t.precision, t.dla_core, sparsify=p.sparsify.enabled, runtime=t.runtime
+    )
+    if problems:
+        raise ValueError("; ".join(problems))
+    if t.precision == "fp8":
+        raise ValueError(
+            "target.precision fp8 needs FP8 Q/DQ nodes in the model, and kdeploy's quantize "
+            "stage writes INT8 only; use int8 or fp16"
+        )
+    bmax = p.export.shapes.batch.max
+    if t.runtime == "trt":
+        for key, value in (
+            ("verify.batch_size", p.verify.eval_batch_size),
+            ("bench.throughput_batch_size", p.bench.throughput_batch_size),
+        ):
+            if value > bmax:
+                raise ValueError(
+                    f"{key}={value} exceeds export.shapes.batch.max={bmax}, the largest batch "
+                    "the TensorRT engine accepts"
+                )
+    q = p.quantize
+    if t.runtime == "trt" and t.precision == "int8":
+        wrong = []
+        if q.method != "static" or q.format != "qdq":
+            wrong.append("quantize.method: static and quantize.format: qdq")
+        if q.activation_type != "int8" or q.weight_type != "int8":
+            wrong.append("quantize.activation_type: int8 and quantize.weight_type: int8")
+        if not q.op_types or not set(q.op_types) <= {"MatMul", "Gemm", "Conv"}:
+            wrong.append("quantize.op_types: [MatMul] (Q/DQ on GEMM inputs only)")
+        if wrong:
+            raise ValueError(
+                "TensorRT INT8 reads explicit, symmetric int8 Q/DQ (no implicit calibration; "
+                "its DequantizeLinear takes no INT32, as ONNX Runtime's default op list "
+                "writes for LayerNormalization biases): set " + " and ".join(wrong)
+            )
+
+
+class PackageConfig(_Strict):
+    """What the package stage leaves for a serving stack."""
+
+    triton: bool = Field(
+        default=True, description="Write a Triton model repository (needs kdeploy[triton])."
+    )
+    triton_model_name: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Model name in the Triton repository (default: <teacher>_<precision>).",
+    )
+    preferred_batch_sizes: list[int] | None = Field(
+        default=None,
+        description="Triton dynamic batching preferred sizes (default: bench.batch_sizes > 1).",
+    )
+    max_queue_delay_us: int = Field(default=100, ge=0, le=10_000_000)
+    instances: int = Field(default=1, ge=1, le=64, description="Triton instance_group count.")
+    reference_texts: int = Field(
+        default=16, ge=1, le=10_000, description="Dev sentences whose outputs serve-check replays."
+    )
+    plots: bool = Field(default=True, description="PNG plots in the report (needs matplotlib).")
 
 
 class Profile(_Strict):
@@ -219,9 +371,17 @@ class Profile(_Strict):
     export: ExportConfig
     bench: BenchConfig = BenchConfig()
     verify: VerifyConfig = VerifyConfig()
+    package: PackageConfig = PackageConfig()
 
     @model_validator(mode="after")
     def _coherent(self) -> Profile:
+        _check_device_fit(self)
+        lm = self.distill.layer_map
+        if lm is not None and len(lm) != self.student.layers:
+            raise ValueError(
+                f"distill.layer_map has {len(lm)} entries but the student has "
+                f"{self.student.layers} layers"
+            )
         shapes = self.export.shapes
         lat = self.verify.budgets.max_latency
         if lat is not None:
@@ -260,6 +420,12 @@ class Profile(_Strict):
             raise ValueError(
                 f"quantize.enabled is true but target.precision is {self.target.precision}"
             )
+        for b in self.package.preferred_batch_sizes or []:
+            if not 1 <= b <= shapes.batch.max:
+                raise ValueError(
+                    f"package.preferred_batch_sizes has {b}, outside 1..export.shapes.batch.max"
+                    f" ({shapes.batch.max})"
+                )
         sp = self.verify.budgets.min_speedup
         if sp is not None and sp.over == "teacher_int8" and not self.quantize.teacher_baseline:
             raise ValueError("min_speedup over teacher_int8 needs quantize.teacher_baseline: true")

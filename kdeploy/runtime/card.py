@@ -54,9 +54,28 @@ class ModelCard:
             ) from None
 
 
+MODEL_SUFFIXES = (".onnx", ".plan", ".engine")
+
+
 def model_dir_of(target: Path) -> Path:
-    """Accept a model dir or the .onnx file inside it."""
+    """Accept a model dir or the model file (.onnx, .plan) inside it."""
     target = Path(target)
-    if target.is_file() and target.suffix == ".onnx":
+    if target.is_file() and target.suffix in MODEL_SUFFIXES:
         return target.parent
     return target
+
+
+def resolve_model_dir(target: Path) -> Path:
+    """A model dir from a model dir, a model file, or a run dir (its packaged model)."""
+    target = Path(target)
+    is_run = (target / "manifest.json").is_file() and not (target / CARD_NAME).exists()
+    if target.is_dir() and is_run:
+        deploy = target / "package" / "deploy"
+        if not (deploy / CARD_NAME).is_file():
+            raise ModelError(
+                f"run directory {target} has no packaged model ({deploy} is missing)",
+                where=str(target),
+                fix="finish the run: rerun `kdeploy compress` with the same arguments",
+            )
+        return deploy
+    return model_dir_of(target)

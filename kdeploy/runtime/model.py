@@ -1,8 +1,22 @@
-"""Encoder / Classifier: load a kdeploy model dir and answer in numpy. Torch-free.
+"""Encoder / Classifier: load a kdeploy model dir (or a run's deployable model) and answer
+in numpy. Torch-free: numpy, tokenizers and onnxruntime (or a TensorRT runner) only.
 
->>> from kdeploy.runtime.model import Encoder
->>> with Encoder("runs/cpu-int8-model/package/deploy") as enc:
+>>> from kdeploy.runtime import Encoder
+>>> with Encoder("runs/cpu-int8-model") as enc:          # a run dir, or a model dir
 ...     vectors = enc.embed(["a sentence", "another one"])
+
+Batching: the texts are tokenized once, sorted by token length (length bucketing), cut into
+batches of ``batch_size`` and each batch is padded only to its own longest text (dynamic
+padding); the results come back in the caller's order. Fewer pad tokens means less work, so
+this is faster than fixed-order batching on real text of mixed lengths.
+
+Reproducibility: a model with *dynamic* INT8 quantization picks its activation scales per
+batch, so one text's output depends slightly on which texts share its batch and on the pad
+length. The same texts, ``batch_size`` and ``bucketing`` give the same batches, hence the same
+numbers (this is how ``verify`` computes its metric and ``serve-check`` replays the reference
+outputs). Another batch layout leaves fp32 outputs unchanged but moves dynamic-INT8 ones: on
+all-MiniLM-L6-v2's 3-layer INT8 student, bucketed vs fixed-order batches of 32 agree to a
+median cosine of 0.997 (minimum 0.994 over 400 STS-B dev sentences).
 """
 
 from __future__ import annotations
@@ -12,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from kdeploy.errors import ModelError
-from kdeploy.runtime.card import ModelCard, model_dir_of
-from kdeploy.runtime.runners import OrtRunner
+from kdeploy.runtime.card import ModelCard, resolve_model_dir
+from kdeploy.runtime.runners import make_runner
 from kdeploy.runtime.text import TextEncoder
 
 
@@ -25,38 +39,85 @@ class _Loaded:
         threads: int | None = None,
         batch_size: int = 32,
         max_length: int | None = None,
+        bucketing: bool = True,
+        profile=None,
     ):
-        self.dir = model_dir_of(Path(target))
+        if batch_size < 1:
+            raise ModelError(f"batch_size must be >= 1, got {batch_size}")
+        self.dir = resolve_model_dir(Path(target))
         self.card = ModelCard.load(self.dir)
         self.batch_size = batch_size
+        self.bucketing = bucketing
         self.text = TextEncoder(
             self.dir / self.card.tokenizer_file, max_length or self.card.max_seq_length
         )
-        self.runner = OrtRunner(
-            self.dir / self.card.model_file,
-            threads=threads,
-            outputs=[self.card.output],
-            name=self.dir.name,
+        # profile (a kdeploy.profiles.Profile) picks GPU providers; None runs on the CPU
+        self.runner = make_runner(
+            self.dir, self.card, threads=threads, profile=profile, name=self.dir.name
         )
+        self._open = False
 
+    # -- lifecycle: a `with` block, or opened on first use and closed by close() ---------
     def __enter__(self):
-        self.runner.__enter__()
+        self._ensure_open()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.runner.__exit__(*exc)
+        self.close()
 
-    def _run(self, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
-        outs = []
-        for i in range(0, len(texts), self.batch_size):
-            feeds = self.text.encode(
-                texts[i : i + self.batch_size],
-                None if pairs is None else pairs[i : i + self.batch_size],
-            )
-            outs.append(self.runner.infer(feeds)[self.card.output])
-        if not outs:
+    def _ensure_open(self) -> None:
+        if not self._open:
+            self.runner.__enter__()
+            self._open = True
+
+    def close(self) -> None:
+        if self._open:
+            self.runner.__exit__(None, None, None)
+            self._open = False
+
+    @property
+    def input_names(self) -> list[str]:
+        """The graph inputs the model takes (a subset of input_ids/attention_mask/...)."""
+        self._ensure_open()
+        return list(self.runner.input_names)
+
+    def tokenize(
+        self,
+        texts: list[str],
+        pairs: list[str] | None = None,
+        *,
+        pad_to_multiple_of: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Model inputs for one batch, in the given order, padded to its longest text (or up
+        to a multiple, so Triton's batcher can merge more requests of equal shape): what a
+        client sends to the Triton model (tokenization is client-side, see README)."""
+        encs = self.text.tokenize(list(texts), None if pairs is None else list(pairs))
+        feeds = self.text.pad(encs, pad_to_multiple_of=pad_to_multiple_of)
+        return {k: v for k, v in feeds.items() if k in self.input_names}
+
+    def batches(self, n_or_lengths: list[int]) -> list[np.ndarray]:
+        """Indices of each batch for texts of these token lengths (the batch layout)."""
+        lengths = np.asarray(n_or_lengths)
+        if self.bucketing:
+            order = np.argsort(lengths, kind="stable")
+        else:
+            order = np.arange(len(lengths))
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def outputs(self, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
+        """The graph output the model card names (embeddings or logits), in input order."""
+        self._ensure_open()
+        encs = self.text.tokenize(list(texts), None if pairs is None else list(pairs))
+        out: np.ndarray | None = None
+        for idx in self.batches([len(e.ids) for e in encs]):
+            feeds = self.text.pad([encs[i] for i in idx])
+            y = self.runner.infer(feeds)[self.card.output]
+            if out is None:
+                out = np.empty((len(encs), *y.shape[1:]), dtype=y.dtype)
+            out[idx] = y
+        if out is None:
             return np.zeros((0, 0), dtype=np.float32)
-        return np.concatenate(outs, axis=0)
+        return out
 
 
 class Encoder(_Loaded):
@@ -68,7 +129,8 @@ class Encoder(_Loaded):
             raise ModelError(f"{self.dir} is a {self.card.task} model, not an embedding model")
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        return self._run(list(texts))
+        """(n, dim) float32; L2-normalised when the model card says so (inside the graph)."""
+        return self.outputs(list(texts))
 
 
 class Classifier(_Loaded):
@@ -79,19 +141,30 @@ class Classifier(_Loaded):
         if self.card.task != "classification":
             raise ModelError(f"{self.dir} is a {self.card.task} model, not a classifier")
 
+    @property
+    def labels(self) -> list[str] | None:
+        """Class names by index, when the model card has them."""
+        return self.card.labels
+
     def logits(self, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
-        return self._run(list(texts), None if pairs is None else list(pairs))
+        return self.outputs(texts, pairs)
 
     def predict(
         self, texts: list[str], pairs: list[str] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        logits = self.logits(texts, pairs).astype(np.float64)
-        z = logits - logits.max(axis=1, keepdims=True)
-        probs = np.exp(z)
-        probs /= probs.sum(axis=1, keepdims=True)
-        return probs.argmax(axis=1), probs.astype(np.float32)
+        """(label indices, probabilities) for each text (or text pair)."""
+        return softmax_predict(self.logits(texts, pairs))
+
+
+def softmax_predict(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    probs = np.exp(z)
+    probs /= probs.sum(axis=1, keepdims=True)
+    return probs.argmax(axis=1), probs.astype(np.float32)
 
 
 def open_model(target: Path | str, **kw) -> Encoder | Classifier:
-    card = ModelCard.load(model_dir_of(Path(target)))
+    """Encoder or Classifier, whichever the model card says."""
+    card = ModelCard.load(resolve_model_dir(Path(target)))
     return Encoder(target, **kw) if card.task == "embedding" else Classifier(target, **kw)

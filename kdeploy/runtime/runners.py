@@ -7,12 +7,26 @@ metric on the same data as a CPU one.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from kdeploy.errors import ModelError
+from kdeploy.errors import DependencyError, ModelError
+
+if TYPE_CHECKING:
+    from kdeploy.profiles import Profile
+    from kdeploy.runtime.card import ModelCard
+
+# target.ort_providers names -> ONNX Runtime execution providers
+ORT_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
 class Runner(Protocol):
@@ -23,23 +37,32 @@ class Runner(Protocol):
     def __enter__(self) -> Runner: ...
     def __exit__(self, *exc: object) -> None: ...
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def bench_fn(self, feeds: dict[str, np.ndarray]) -> Callable[[], object]: ...
 
 
 class OrtRunner:
-    """ONNX Runtime session (CPU EP by default)."""
+    """ONNX Runtime session (CPU EP by default; CUDA / TensorRT EPs on GPUs).
+
+    A requested provider that this onnxruntime build lacks is an error, never a silent
+    fall-back to the CPU (which ONNX Runtime itself would do with a warning).
+    """
 
     def __init__(
         self,
         model_path: Path | str,
         *,
         threads: int | None = None,
-        providers: tuple[str, ...] = ("CPUExecutionProvider",),
+        providers: tuple[str, ...] | list[str] = ("CPUExecutionProvider",),
+        provider_options: list[dict[str, str]] | None = None,
         outputs: list[str] | None = None,
         name: str | None = None,
     ):
         self.model_path = Path(model_path)
         self.threads = threads
-        self.providers = providers
+        self.providers = tuple(providers)
+        self.provider_options = provider_options
+        self.on_gpu = self.providers[0] in GPU_PROVIDERS
+        self.io_mode = "device" if self.on_gpu else "host"
         self.name = name or self.model_path.name
         self.wanted_outputs = outputs
         self._session = None
@@ -61,9 +84,21 @@ class OrtRunner:
             so.intra_op_num_threads = self.threads
             so.inter_op_num_threads = 1
         so.log_severity_level = 3
+        available = ort.get_available_providers()
+        missing = [p for p in self.providers if p not in available]
+        if missing:
+            raise DependencyError(
+                f"ONNX Runtime {ort.__version__} here has no {', '.join(missing)} "
+                f"(it has {', '.join(available)})",
+                fix="install onnxruntime-gpu in place of onnxruntime (pip install 'kdeploy[gpu]') "
+                "on a machine with CUDA; for the TensorRT EP also TensorRT 10",
+            )
         try:
             self._session = ort.InferenceSession(
-                str(self.model_path), so, providers=list(self.providers)
+                str(self.model_path),
+                so,
+                providers=list(self.providers),
+                provider_options=self.provider_options,
             )
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelError(
@@ -71,6 +106,14 @@ class OrtRunner:
                 where=str(self.model_path),
                 fix="the file may be corrupted: rerun the export stage (--force export)",
             ) from None
+        got = self._session.get_providers()
+        if self.providers[0] not in got:
+            raise ModelError(
+                f"ONNX Runtime did not enable {self.providers[0]} for {self.model_path} "
+                f"(session runs on {got})",
+                where=str(self.model_path),
+                fix="check the CUDA / TensorRT installation (ONNX Runtime logs the reason)",
+            )
         self.input_names = [i.name for i in self._session.get_inputs()]
         names = [o.name for o in self._session.get_outputs()]
         if self.wanted_outputs:
@@ -92,5 +135,111 @@ class OrtRunner:
         outs = self._session.run(self.output_names, feeds)
         return dict(zip(self.output_names, outs, strict=True))
 
+    def bench_fn(self, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
+        """One timed call. On a GPU provider the inputs are bound once on the device and the
+        outputs stay there (IO binding), so the time is the model's, not the PCIe copies'."""
+        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
+        if not self.on_gpu:
+            return lambda: self.infer(feeds)
+        import onnxruntime as ort
+
+        binding = self._session.io_binding()
+        for k, v in feeds.items():
+            binding.bind_ortvalue_input(k, ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0))
+        for o in self.output_names:
+            binding.bind_output(o, "cuda", 0)
+        session = self._session
+
+        def call() -> None:
+            session.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+
+        return call
+
     def __exit__(self, *exc: object) -> None:
         self._session = None
+
+
+def cache_dir() -> Path:
+    """Where device-side caches live (ONNX Runtime TensorRT-EP engines and timing caches)."""
+    return Path(os.environ.get("KDEPLOY_CACHE", "~/.cache/kdeploy")).expanduser()
+
+
+def ort_provider_config(
+    profile: Profile, model_path: Path
+) -> tuple[list[str], list[dict[str, str]]]:
+    """ONNX Runtime providers and their options for a profile's target.
+
+    The TensorRT EP gets its optimization profile, precision, workspace and cache options
+    from the same BuildPlan as ``kdeploy build`` and the trtexec line.
+    """
+    from kdeploy.runtime.build_plan import make_plan, onnx_inputs, ort_trt_options
+
+    names, options = [], []
+    for p in profile.target.providers():
+        names.append(ORT_PROVIDERS[p])
+        if p == "tensorrt":
+            plan = make_plan(profile, onnx_inputs(model_path), onnx=str(model_path))
+            options.append(ort_trt_options(plan, cache_dir() / "ort-trt"))
+        elif p == "cuda":
+            options.append({"device_id": "0"})
+        else:
+            options.append({})
+    return names, options
+
+
+MODEL_FILE_SUFFIXES = (".onnx", ".plan", ".engine")
+
+
+def open_model_file(
+    path: Path | str,
+    *,
+    threads: int | None = None,
+    outputs: list[str] | None = None,
+    profile: Profile | None = None,
+    name: str | None = None,
+) -> Runner:
+    """The one runner factory, keyed by the model file: a TensorRT engine (.plan/.engine)
+    or ONNX Runtime with the profile's providers (CPU when there is no profile). Not entered
+    yet: use it in a ``with`` block. An unknown suffix is an error, never a fallback."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".plan", ".engine"):
+        from kdeploy.runtime.trt_runner import TrtRunner
+
+        return TrtRunner(path, outputs=outputs, name=name)
+    if suffix != ".onnx":
+        raise ModelError(
+            f"no runner for model file {path.name} (suffix {path.suffix or 'none'})",
+            where=str(path),
+            fix=f"kdeploy loads {', '.join(MODEL_FILE_SUFFIXES)} files",
+        )
+    if profile is None or profile.target.providers() == ["cpu"]:
+        return OrtRunner(path, threads=threads, outputs=outputs, name=name)
+    providers, options = ort_provider_config(profile, path)
+    return OrtRunner(
+        path,
+        threads=threads,
+        providers=providers,
+        provider_options=options,
+        outputs=outputs,
+        name=name,
+    )
+
+
+def make_runner(
+    model_dir: Path,
+    card: ModelCard,
+    *,
+    threads: int | None = None,
+    profile: Profile | None = None,
+    name: str | None = None,
+) -> Runner:
+    """The runner for a model dir (its card names the file and the output to read)."""
+    return open_model_file(
+        Path(model_dir) / card.model_file,
+        threads=threads,
+        outputs=[card.output],
+        profile=profile,
+        name=name,
+    )

@@ -48,6 +48,33 @@ class TextEncoder:
         types = np.array([e.type_ids for e in encs], dtype=np.int64)
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
+    def tokenize(self, texts: list[str], pairs: list[str] | None = None) -> list:
+        """Truncated, unpadded encodings (``tokenizers.Encoding``), one per text (or pair)."""
+        self.tokenizer.no_padding()
+        try:
+            if pairs is not None:
+                return self.tokenizer.encode_batch(list(zip(texts, pairs, strict=True)))
+            return self.tokenizer.encode_batch(list(texts))
+        finally:
+            self.tokenizer.enable_padding(**self._padding)
+
+    def pad(self, encodings: list, *, pad_to_multiple_of: int | None = None) -> dict:
+        """Feeds for a batch of encodings, right-padded to the batch's longest (dynamic
+        padding), exactly as ``encode`` pads them."""
+        n = len(encodings)
+        width = max((len(e.ids) for e in encodings), default=0)
+        if pad_to_multiple_of:
+            width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+        ids = np.full((n, width), self._padding["pad_id"], dtype=np.int64)
+        mask = np.zeros((n, width), dtype=np.int64)
+        types = np.zeros((n, width), dtype=np.int64)
+        for i, e in enumerate(encodings):
+            k = len(e.ids)
+            ids[i, :k] = e.ids
+            mask[i, :k] = e.attention_mask
+            types[i, :k] = e.type_ids
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
     def lengths(self, texts: list[str]) -> list[int]:
         """Token counts after truncation (no padding), for length bucketing."""
         self.tokenizer.no_padding()

@@ -10,6 +10,8 @@ Module attributes the pipeline reads:
 - ``TOOLS``: distributions whose versions enter the stage key
 - ``enabled(profile) -> bool`` and ``config(profile) -> dict`` (the profile part it uses)
 - ``RESUMABLE`` (optional): keep the work dir after an interruption so ``run`` can resume
+- ``unavailable() -> str | None`` (optional): why the stage cannot run on this machine; the
+  pipeline then stops before it with a hand-off (exit 11) instead of failing
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 from kdeploy.profiles import Profile
 
-ORDER = ("distill", "export", "quantize", "bench", "verify", "package")
+ORDER = ("distill", "export", "quantize", "build", "bench", "verify", "package")
 
 
 @dataclass

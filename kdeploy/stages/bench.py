@@ -18,12 +18,19 @@ from kdeploy.data import load_task_data
 from kdeploy.deps import version_of
 from kdeploy.profiles import BenchConfig, Profile
 from kdeploy.runtime.card import ModelCard
-from kdeploy.runtime.runners import OrtRunner
+from kdeploy.runtime.runners import Runner, make_runner
 from kdeploy.runtime.text import TextEncoder
 from kdeploy.runtime.timing import time_calls
 from kdeploy.stages import StageContext, StageResult
 
-CONSUMES = ("teacher_onnx", "teacher_int8?", "student_onnx", "student_int8?", "dataset")
+CONSUMES = (
+    "teacher_onnx",
+    "teacher_int8?",
+    "student_onnx",
+    "student_int8?",
+    "student_trt?",
+    "dataset",
+)
 PRODUCES = ("bench",)
 TOOLS = ("onnxruntime", "tokenizers", "numpy")
 
@@ -33,6 +40,7 @@ VARIANTS = {
     "teacher_int8": "teacher_int8",
     "student_onnx": "student_fp32",
     "student_int8": "student_int8",
+    "student_trt": "student_trt",
 }
 
 
@@ -45,6 +53,7 @@ def config(profile: Profile) -> dict:
         "bench": profile.bench.model_dump(mode="json"),
         "threads": profile.target.threads,
         "device": profile.target.device,
+        "providers": profile.target.providers(),
     }
 
 
@@ -59,11 +68,33 @@ def host_info() -> dict:
         pass
     return {
         "cpu": cpu,
+        "gpu": _gpu_name(),
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "onnxruntime": version_of("onnxruntime"),
     }
+
+
+def _gpu_name() -> str | None:
+    """The GPU(s) nvidia-smi reports, when there is one (no CUDA library needed)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return "; ".join(out.stdout.strip().splitlines()) or None
 
 
 def _synthetic_feeds(batch: int, seq: int, vocab: int, rng: np.random.Generator) -> dict:
@@ -76,7 +107,7 @@ def _synthetic_feeds(batch: int, seq: int, vocab: int, rng: np.random.Generator)
     }
 
 
-def _throughput(runner: OrtRunner, enc: TextEncoder, texts: list[str], batch_size: int) -> float:
+def _throughput(runner: Runner, enc: TextEncoder, texts: list[str], batch_size: int) -> float:
     t0 = time.perf_counter()
     for i in range(0, len(texts), batch_size):
         runner.infer(enc.encode(texts[i : i + batch_size]))
@@ -90,17 +121,22 @@ def bench_models(
     threads: int | None,
     texts: list[str] | None,
     log=print,
+    profile: Profile | None = None,
 ) -> dict:
-    """Measure each model dir; returns {"host", "threads", "models": {name: {...}}}."""
+    """Measure each model dir; returns {"host", "threads", "models": {name: {...}}}.
+
+    ``profile`` picks the providers (GPU targets: ONNX Runtime CUDA/TensorRT EPs with IO
+    binding, TensorRT engines); without one every model runs on ONNX Runtime's CPU EP.
+    """
     rng = np.random.default_rng(0)
-    opened: dict[str, tuple[OrtRunner, TextEncoder, ModelCard]] = {}
+    opened: dict[str, tuple[Runner, TextEncoder, ModelCard]] = {}
     results: dict[str, dict] = {}
     try:
         for name, mdir in models.items():
             card = ModelCard.load(mdir)
             enc = TextEncoder(mdir / card.tokenizer_file, card.max_seq_length)
-            runner = OrtRunner(
-                mdir / card.model_file, threads=threads, outputs=[card.output], name=name
+            runner = make_runner(
+                mdir, card, threads=threads, profile=profile, name=name
             ).__enter__()
             opened[name] = (runner, enc, card)
             vocab = enc.tokenizer.get_vocab_size()
@@ -110,7 +146,7 @@ def bench_models(
                     feeds = _synthetic_feeds(b, s, vocab, rng)
                     feeds = {k: v for k, v in feeds.items() if k in runner.input_names}
                     stats = time_calls(
-                        lambda r=runner, f=feeds: r.infer(f),
+                        runner.bench_fn(feeds),
                         warmup=cfg.warmup,
                         iterations=cfg.iterations,
                     )
@@ -121,6 +157,8 @@ def bench_models(
                 "role": card.role,
                 "layers": card.extra.get("layers"),
                 "onnx_bytes": (mdir / card.model_file).stat().st_size,
+                "model_file": card.model_file,
+                "io": getattr(runner, "io_mode", "host"),
                 "latency": grid,
             }
             p50 = ", ".join(f"b{g['batch']}s{g['sequence']}={g['p50_ms']:.2f}ms" for g in grid)
@@ -167,7 +205,12 @@ def run(ctx: StageContext) -> StageResult:
     cfg = ctx.profile.bench
     texts = throughput_texts(ctx.input("dataset"), cfg)
     result = bench_models(
-        run_models(ctx.inputs), cfg, threads=ctx.profile.target.threads, texts=texts, log=ctx.log
+        run_models(ctx.inputs),
+        cfg,
+        threads=ctx.profile.target.threads,
+        texts=texts,
+        log=ctx.log,
+        profile=ctx.profile,
     )
     path = ctx.work_dir / "bench.json"
     atomic_write_json(path, result)

@@ -33,21 +33,31 @@ def config(profile: Profile) -> dict:
     }
 
 
-def training_items(ctx: StageContext, kind: str) -> list[tuple[str, str | None]]:
-    """Distinct training texts: every text column of the train split (+ unlabeled file)."""
+def training_items(ctx: StageContext, kind: str) -> list[tuple[str, str | None, int | None]]:
+    """Distinct training texts: every text column of the train split (+ unlabeled file).
+
+    Classifier rows keep their gold label (for the hard-label loss); texts from the
+    --unlabeled file and, for embedding teachers, every text has none.
+    """
     data = load_task_data(ctx.input("dataset"))
     train = data.splits["train"]
-    if kind == "classification" and train.texts_b is not None:
-        items = list(zip(train.texts_a, train.texts_b, strict=True))
+    items: list[tuple[str, str | None, int | None]]
+    if kind == "classification":
+        labels = train.labels or [None] * len(train)
+        pairs = train.texts_b or [None] * len(train)
+        items = [
+            (a, b, None if y is None else int(y))
+            for a, b, y in zip(train.texts_a, pairs, labels, strict=True)
+        ]
     else:
-        items = [(t, None) for t in train.texts()]
+        items = [(t, None, None) for t in train.texts()]
     if "unlabeled_text" in ctx.inputs:
-        items += [(t, None) for t in read_unlabeled(ctx.input("unlabeled_text"))]
+        items += [(t, None, None) for t in read_unlabeled(ctx.input("unlabeled_text"))]
     seen: set = set()
     unique = []
     for it in items:
-        if it not in seen and it[0].strip():
-            seen.add(it)
+        if it[:2] not in seen and it[0].strip():
+            seen.add(it[:2])
             unique.append(it)
     cap = ctx.profile.distill.max_train_texts
     if cap is not None and cap < len(unique):
@@ -70,9 +80,14 @@ def run(ctx: StageContext) -> StageResult:
     )
     keep = select_layers(info.num_layers, p.student.layers, p.student.strategy, p.student.keep)
     items = training_items(ctx, info.kind)
+    data = load_task_data(ctx.input("dataset"))
+    dev = data.splits.get("dev") if p.distill.select_best else None
+    if dev is not None and dev.labels is None:
+        dev = None
     ctx.log(
         f"student keeps teacher layers {keep} of {info.num_layers}; "
         f"{len(items)} distinct training texts"
+        + (f"; best epoch chosen on dev ({len(dev)} examples)" if dev is not None else "")
     )
     outcome = distill(
         info,
@@ -80,11 +95,12 @@ def run(ctx: StageContext) -> StageResult:
         keep,
         items,
         ctx.work_dir,
+        dev=dev,
         allow_pickle=ctx.options.allow_pickle,
         progress=ctx.options.progress,
         log=ctx.log,
     )
-    for leftover in ("checkpoint", "teacher_targets.npy", "teacher_targets.json"):
+    for leftover in ("checkpoint", "best", "teacher_targets.npy", "teacher_targets.json"):
         path = ctx.work_dir / leftover
         if path.is_dir():
             shutil.rmtree(path)

@@ -13,13 +13,21 @@ import numpy as np
 
 from kdeploy.data import Split, load_task_data
 from kdeploy.errors import DataError
-from kdeploy.profiles import Budgets, Profile, VerifyConfig
+from kdeploy.profiles import DEFAULT_EVAL_BATCH, Budgets, Profile, VerifyConfig
 from kdeploy.runtime.metrics import accuracy, cosine_rows, spearman
 from kdeploy.runtime.model import Classifier, Encoder, open_model
 from kdeploy.stages import StageContext, StageResult
 from kdeploy.stages.bench import run_models
 
-CONSUMES = ("teacher_onnx", "teacher_int8?", "student_onnx", "student_int8?", "dataset", "bench")
+CONSUMES = (
+    "teacher_onnx",
+    "teacher_int8?",
+    "student_onnx",
+    "student_int8?",
+    "student_trt?",
+    "dataset",
+    "bench",
+)
 PRODUCES = ("verify",)
 TOOLS = ("onnxruntime", "tokenizers", "numpy")
 
@@ -29,10 +37,11 @@ def enabled(profile: Profile) -> bool:
 
 
 def config(profile: Profile) -> dict:
-    return {"verify": profile.verify.model_dump(mode="json"), "threads": profile.target.threads}
-
-
-DEFAULT_EVAL_BATCH = 64
+    return {
+        "verify": profile.verify.model_dump(mode="json"),
+        "threads": profile.target.threads,
+        "providers": profile.target.providers(),
+    }
 
 
 def eval_plan(cfg: VerifyConfig, split: Split) -> tuple[int, int]:
@@ -60,13 +69,20 @@ def eval_plan(cfg: VerifyConfig, split: Split) -> tuple[int, int]:
             f"verify.batch_size to at most {n} (--set verify.batch_size={n}), or leave it "
             f"unset ({DEFAULT_EVAL_BATCH}, capped by the split)",
         )
-    return n, cfg.batch_size or DEFAULT_EVAL_BATCH
+    return n, cfg.eval_batch_size
 
 
 def evaluate(
-    model_dir: Path, split: Split, *, threads: int | None, batch_size: int, limit: int | None = None
+    model_dir: Path,
+    split: Split,
+    *,
+    threads: int | None,
+    batch_size: int,
+    limit: int | None = None,
+    profile: Profile | None = None,
 ) -> dict:
-    """Task metric of one model dir on one labelled split."""
+    """Task metric of one model dir on one labelled split (same data and metric whatever
+    runs it: ONNX Runtime on CPU or GPU, or a TensorRT engine; ``profile`` picks which)."""
     if split.labels is None:
         raise DataError(
             f"{split.path} has no labels to evaluate against",
@@ -80,7 +96,7 @@ def evaluate(
             where=str(split.path),
             fix="add labelled rows (or raise verify.max_eval_examples)",
         )
-    with open_model(model_dir, threads=threads, batch_size=batch_size) as model:
+    with open_model(model_dir, threads=threads, batch_size=batch_size, profile=profile) as model:
         if isinstance(model, Encoder):
             if split.texts_b is None:
                 raise DataError(
@@ -105,7 +121,10 @@ def evaluate(
 
 def deploy_name(models: dict[str, Path]) -> str:
     """The model the run delivers: the last one the chain produced."""
-    return "student_int8" if "student_int8" in models else "student_fp32"
+    for name in ("student_trt", "student_int8"):
+        if name in models:
+            return name
+    return "student_fp32"
 
 
 def check_budgets(budgets: Budgets, results: dict, bench: dict | None, deploy: str) -> list[dict]:
@@ -169,7 +188,12 @@ def verify_models(
     results: dict[str, dict] = {}
     for name, mdir in models.items():
         results[name] = evaluate(
-            mdir, split, threads=profile.target.threads, batch_size=batch_size, limit=n
+            mdir,
+            split,
+            threads=profile.target.threads,
+            batch_size=batch_size,
+            limit=n,
+            profile=profile,
         )
         log(
             f"{name}: {results[name]['metric']} {results[name]['value']:.2f} on "

@@ -1,8 +1,10 @@
 """Knowledge distillation of a layer-dropped student (torch).
 
-Teacher targets are computed once and cached in the stage's work dir; training checkpoints
-after every epoch, so an interrupted run resumes at the last finished epoch and, because
-every epoch reseeds from (seed, epoch), ends with the same weights as an uninterrupted one.
+Pooled teacher targets (embeddings or logits) are computed once and cached in the stage's
+work dir; token-level losses (hidden states, attention) run the teacher alongside the
+student. Training checkpoints after every epoch (student, optimizer, schedule, best-so-far),
+so an interrupted run resumes at the last finished epoch and, because every epoch reseeds
+from (seed, epoch), ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -16,40 +18,28 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from kdeploy.data import Split
+from kdeploy.errors import ModelError
 from kdeploy.fsutil import atomic_write_json, digest_json, replace_dir
 from kdeploy.model_info import ModelInfo
 from kdeploy.profiles import DistillConfig
+from kdeploy.train.evaluate import pool, score
+from kdeploy.train.kd import Outputs, applicable_losses, total_loss
 from kdeploy.train.loading import load_hf_model, load_tokenizer, pick_device
 from kdeploy.train.student import make_student, write_sentence_transformers_layout
 
-Item = tuple[str, str | None]
+# (text, paired text or None, gold label or None)
+Item = tuple[str, str | None, int | None]
 
 
 @dataclass
 class DistillOutcome:
     student_dir: Path
     metrics: dict
-
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-
-
-def _forward(model, batch: dict, info: ModelInfo) -> torch.Tensor:
-    """The model's task output: pooled embedding or logits."""
-    out = model(**batch)
-    if info.kind == "classification":
-        return out.logits
-    hidden = out.last_hidden_state
-    if info.pooling == "cls":
-        return hidden[:, 0]
-    return mean_pool(hidden, batch["attention_mask"])
 
 
 def _tokenize(tokenizer, items: Sequence[Item], max_len: int, device) -> dict:
@@ -66,12 +56,29 @@ def _tokenize(tokenizer, items: Sequence[Item], max_len: int, device) -> dict:
     return {k: v.to(device) for k, v in enc.items()}
 
 
-def _length_order(tokenizer, items: Sequence[Item], max_len: int) -> np.ndarray:
-    lens = [
-        len(t)
-        for t in tokenizer([x[0] for x in items], truncation=True, max_length=max_len)["input_ids"]
-    ]
-    return np.argsort(np.asarray(lens), kind="stable")
+def _forward(
+    model, batch: dict, info: ModelInfo, *, hidden: bool = False, attentions: bool = False
+) -> Outputs:
+    out = model(**batch, output_hidden_states=hidden, output_attentions=attentions)
+    if info.kind == "classification":
+        pooled = out.logits
+    else:
+        pooled = pool(out.last_hidden_state, batch["attention_mask"], info.pooling)
+    return Outputs(
+        pooled=pooled,
+        hidden=out.hidden_states if hidden else None,
+        attentions=out.attentions if attentions else None,
+    )
+
+
+def _token_lengths(tokenizer, items: Sequence[Item], max_len: int) -> np.ndarray:
+    enc = tokenizer(
+        [x[0] for x in items],
+        [x[1] for x in items] if any(x[1] is not None for x in items) else None,
+        truncation=True,
+        max_length=max_len,
+    )
+    return np.asarray([len(ids) for ids in enc["input_ids"]])
 
 
 @torch.inference_mode()
@@ -85,15 +92,19 @@ def teacher_targets(
     device,
     progress: bool,
 ) -> np.ndarray:
-    """Teacher outputs for every item, batched by length to waste no time on padding."""
-    order = _length_order(tokenizer, items, max_len)
+    """Pooled teacher outputs for every item, batched by length (no time lost on padding)."""
+    order = np.argsort(_token_lengths(tokenizer, items, max_len), kind="stable")
     out: np.ndarray | None = None
     for start in tqdm(
         range(0, len(items), batch_size), desc="teacher targets", disable=not progress, unit="batch"
     ):
         idx = order[start : start + batch_size]
-        batch = _tokenize(tokenizer, [items[i] for i in idx], max_len, device)
-        y = _forward(teacher, batch, info).float().cpu().numpy()
+        y = (
+            _forward(teacher, _tokenize(tokenizer, [items[i] for i in idx], max_len, device), info)
+            .pooled.float()
+            .cpu()
+            .numpy()
+        )
         if out is None:
             out = np.zeros((len(items), y.shape[1]), dtype=np.float32)
         out[idx] = y
@@ -114,31 +125,279 @@ def _batches(rng: np.random.Generator, lengths: np.ndarray, batch_size: int) -> 
     return [batches[i] for i in order]
 
 
-def kd_loss(
-    student_out: torch.Tensor, target: torch.Tensor, cfg: DistillConfig, kind: str
-) -> torch.Tensor:
-    w = cfg.losses
-    loss = student_out.new_zeros(())
-    if kind == "classification":
-        # Logit distillation (soft cross-entropy at temperature T, Hinton et al. 2015).
-        t = 2.0
-        loss = (
-            loss
-            + F.kl_div(
-                F.log_softmax(student_out / t, dim=-1),
-                F.softmax(target / t, dim=-1),
-                reduction="batchmean",
-            )
-            * t
-            * t
+def _cached_targets(
+    work_dir: Path, key: str, compute: Callable[[], np.ndarray], log: Callable[[str], None]
+) -> np.ndarray:
+    path = work_dir / "teacher_targets.npy"
+    meta = work_dir / "teacher_targets.json"
+    if path.is_file() and meta.is_file() and json.loads(meta.read_text()).get("key") == key:
+        log("reusing cached teacher targets")
+        return np.load(path)
+    t0 = time.perf_counter()
+    targets = compute()
+    tmp = work_dir / "teacher_targets.tmp.npy"
+    np.save(tmp, targets)
+    tmp.replace(path)
+    atomic_write_json(meta, {"key": key})
+    log(f"teacher targets for {len(targets)} texts in {time.perf_counter() - t0:.1f}s")
+    return targets
+
+
+@dataclass
+class Teacher:
+    """The teacher side of distillation: its description, tokenizer, cached pooled outputs
+    for the training items, and the torch model when token-level losses need it online."""
+
+    info: ModelInfo
+    tokenizer: object
+    targets: np.ndarray
+    model: torch.nn.Module | None
+    max_len: int
+    params: int
+
+
+def prepare_teacher(
+    info: ModelInfo,
+    cfg: DistillConfig,
+    items: list[Item],
+    work_dir: Path,
+    *,
+    keep_model: bool = False,
+    allow_pickle: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Teacher:
+    """Load the teacher and compute (or reuse) its targets for ``items``.
+
+    The model is kept when ``keep_model`` or when the profile's losses need it online.
+    """
+    device = pick_device()
+    if not applicable_losses(cfg, info.kind):
+        raise ModelError(
+            f"none of the enabled distillation losses applies to a {info.kind} teacher",
+            fix="embedding teachers: embedding_mse/embedding_cosine; classifiers: logit_kd/"
+            "hard_label; both: hidden_mse/attention_kl",
         )
-        return loss
-    if w.embedding_mse > 0:
-        loss = loss + w.embedding_mse * F.mse_loss(student_out, target)
-    if w.embedding_cosine > 0:
-        cos = F.cosine_similarity(student_out, target, dim=-1)
-        loss = loss + w.embedding_cosine * (1 - cos).mean()
-    return loss
+    want_attn = cfg.losses.attention_kl > 0
+    tokenizer = load_tokenizer(info.path)
+    model = load_hf_model(
+        info, allow_pickle=allow_pickle, attn_implementation="eager" if want_attn else None
+    ).to(device)
+    max_len = min(cfg.max_seq_length, info.max_seq_length)
+    key = digest_json({"items": items, "max_len": max_len, "kind": info.kind})
+    targets = _cached_targets(
+        work_dir,
+        key,
+        lambda: teacher_targets(
+            model, tokenizer, info, items, max_len, max(cfg.batch_size, 64), device, progress
+        ),
+        log,
+    )
+    params = sum(p.numel() for p in model.parameters())
+    if not (keep_model or cfg.losses.needs_teacher_online()):
+        model = None
+    return Teacher(
+        info=info, tokenizer=tokenizer, targets=targets, model=model, max_len=max_len, params=params
+    )
+
+
+def train_kd(
+    student: torch.nn.Module,
+    teacher: Teacher,
+    cfg: DistillConfig,
+    items: list[Item],
+    work_dir: Path,
+    *,
+    layer_map: list[int],
+    dev: Split | None = None,
+    after_step: Callable[[], None] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    label: str = "distill",
+) -> dict:
+    """Train ``student`` to imitate ``teacher`` with the profile's losses.
+
+    Checkpoints every epoch into ``work_dir/checkpoint`` and resumes from it; scores dev
+    after each epoch when ``cfg.select_best`` and leaves the best epoch's weights loaded.
+    ``after_step`` runs after every optimizer step (e.g. to re-apply sparsity masks).
+    Returns the training record (history, best epoch, steps, seconds).
+    """
+    device = pick_device()
+    info = teacher.info
+    tokenizer = teacher.tokenizer
+    max_len = teacher.max_len
+    online = cfg.losses.needs_teacher_online()
+    if online and teacher.model is None:
+        raise ValueError("token-level losses need the teacher model online")
+    t_model = teacher.model.eval() if online and teacher.model is not None else None
+    want_hidden = cfg.losses.hidden_mse > 0
+    want_attn = cfg.losses.attention_kl > 0
+    bad = [t for t in layer_map if not 0 <= t < info.num_layers]
+    if bad:
+        raise ModelError(
+            f"distill.layer_map names teacher layers {bad}; the teacher has "
+            f"layers 0..{info.num_layers - 1}"
+        )
+    student.to(device).train()
+    if want_attn:
+        # BERT returns attention probabilities *after* dropout; matching dropped-out rows
+        # against the teacher's would put log(0) in the KL. Attention KD trains without it.
+        for name, module in student.named_modules():
+            if isinstance(module, torch.nn.Dropout) and name.endswith("attention.self.dropout"):
+                module.p = 0.0
+    d_s, d_t = student.config.hidden_size, info.hidden_size
+    projections = None
+    if want_hidden and d_s != d_t:
+        projections = torch.nn.ModuleList(
+            [torch.nn.Linear(d_s, d_t, bias=False) for _ in layer_map]
+        ).to(device)
+    lengths = _token_lengths(tokenizer, items, max_len)
+    labels_all = torch.tensor([-1 if x[2] is None else int(x[2]) for x in items])
+    steps_per_epoch = math.ceil(len(items) / cfg.batch_size)
+    total_steps = max(1, round(steps_per_epoch * cfg.epochs))
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    named = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
+    if projections is not None:
+        named += [(f"proj.{n}", p) for n, p in projections.named_parameters()]
+    optim = torch.optim.AdamW(
+        [
+            {
+                "params": [p for n, p in named if not n.endswith(no_decay)],
+                "weight_decay": cfg.weight_decay,
+            },
+            {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
+        ],
+        lr=cfg.learning_rate,
+    )
+    sched = get_linear_schedule_with_warmup(optim, int(cfg.warmup_ratio * total_steps), total_steps)
+    ckpt = work_dir / "checkpoint"
+    state = {
+        "epoch": 0,
+        "step": 0,
+        "history": [],
+        "best_epoch": None,
+        "best_score": None,
+        "bad_epochs": 0,
+        "stopped_early": False,
+    }
+    if (ckpt / "state.json").is_file():
+        state = json.loads((ckpt / "state.json").read_text())
+        student.load_state_dict(load_file(str(ckpt / "student.safetensors")), strict=True)
+        extra = torch.load(ckpt / "optim.pt", map_location=device, weights_only=True)
+        optim.load_state_dict(extra["optimizer"])
+        sched.load_state_dict(extra["scheduler"])
+        if projections is not None:
+            projections.load_state_dict(extra["projections"])
+        log(f"resuming {label} after epoch {state['epoch']} (step {state['step']}/{total_steps})")
+    log(
+        f"{label}: losses {', '.join(applicable_losses(cfg, info.kind))}"
+        + (f"; layer map student->teacher {layer_map}" if online else "")
+    )
+    target_t = torch.from_numpy(teacher.targets)
+    t_train = time.perf_counter()
+    step = state["step"]
+    for epoch in range(state["epoch"], epochs):
+        if state["stopped_early"]:
+            break
+        rng = np.random.default_rng([cfg.seed, epoch])
+        torch.manual_seed(cfg.seed * 1000 + epoch)
+        running: dict[str, float] = {}
+        count = 0
+        bar = tqdm(
+            _batches(rng, lengths, cfg.batch_size),
+            desc=f"{label} epoch {epoch + 1}/{epochs}",
+            disable=not progress,
+            unit="batch",
+        )
+        for idx in bar:
+            if step >= total_steps:
+                break
+            batch = _tokenize(tokenizer, [items[i] for i in idx], max_len, device)
+            t_out = None
+            if t_model is not None:
+                with torch.no_grad():
+                    t_out = _forward(t_model, batch, info, hidden=want_hidden, attentions=want_attn)
+            s_out = _forward(student, batch, info, hidden=want_hidden, attentions=want_attn)
+            loss, parts = total_loss(
+                s_out,
+                info.kind,
+                cfg,
+                target=target_t[idx].to(device),
+                teacher=t_out,
+                mask=batch["attention_mask"],
+                labels=labels_all[idx].to(device),
+                layer_map=layer_map,
+                projections=projections,
+            )
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for _, p in named], cfg.max_grad_norm)
+            optim.step()
+            sched.step()
+            if after_step is not None:
+                after_step()
+            step += 1
+            count += 1
+            for k, v in {"loss": float(loss.detach()), **parts}.items():
+                running[k] = running.get(k, 0.0) + v
+            bar.set_postfix(loss=f"{running['loss'] / count:.5f}")
+        entry = {
+            "epoch": epoch + 1,
+            "step": step,
+            **{k: v / max(count, 1) for k, v in running.items()},
+        }
+        if cfg.select_best and dev is not None:
+            entry["dev_score"] = score(student, tokenizer, info, dev, max_len, device)
+            if state["best_score"] is None or entry["dev_score"] > state["best_score"]:
+                state["best_score"], state["best_epoch"] = entry["dev_score"], epoch + 1
+                state["bad_epochs"] = 0
+                _save_weights(work_dir / "best", student)
+            else:
+                state["bad_epochs"] += 1
+            pat = cfg.early_stopping_patience
+            state["stopped_early"] = bool(pat and state["bad_epochs"] >= pat)
+        state["history"].append(entry)
+        state["epoch"], state["step"] = epoch + 1, step
+        _save_checkpoint(ckpt, student, optim, sched, projections, state)
+        # logged once checkpointed: a Ctrl-C from here on resumes after this epoch
+        log(
+            f"epoch {epoch + 1}/{epochs}: loss {entry.get('loss', 0):.6f}"
+            + (f", dev {entry['dev_score']:.2f}" if "dev_score" in entry else "")
+            + (" (stopping early)" if state["stopped_early"] else "")
+        )
+    if state["best_epoch"] is not None:
+        student.load_state_dict(load_file(str(work_dir / "best" / "student.safetensors")))
+        log(f"keeping epoch {state['best_epoch']} (best dev score {state['best_score']:.2f})")
+    student.eval()
+    return {
+        "losses": applicable_losses(cfg, info.kind),
+        "layer_map": layer_map if online else None,
+        "texts": len(items),
+        "labelled_texts": int((labels_all >= 0).sum()),
+        "epochs": cfg.epochs,
+        "epochs_run": state["epoch"],
+        "steps": step,
+        "history": state["history"],
+        "best_epoch": state["best_epoch"],
+        "best_dev_score": state["best_score"],
+        "stopped_early": state["stopped_early"],
+        "final_loss": state["history"][-1].get("loss") if state["history"] else None,
+        "train_seconds": round(time.perf_counter() - t_train, 2),
+        "device": str(device),
+    }
+
+
+def save_student(student: torch.nn.Module, teacher: Teacher, out_dir: Path) -> Path:
+    """A loadable HF model dir (safetensors + tokenizer [+ sentence-transformers modules])."""
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    student.save_pretrained(str(tmp), safe_serialization=True)
+    teacher.tokenizer.save_pretrained(str(tmp))
+    if teacher.info.kind == "embedding":
+        write_sentence_transformers_layout(teacher.info, tmp, teacher.info.max_seq_length)
+    replace_dir(tmp, out_dir)
+    return out_dir
 
 
 def distill(
@@ -148,139 +407,67 @@ def distill(
     items: list[Item],
     work_dir: Path,
     *,
+    dev: Split | None = None,
     allow_pickle: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> DistillOutcome:
-    device = pick_device()
+    """Student = teacher layers ``keep`` (weights inherited), trained with KD."""
     torch.manual_seed(cfg.seed)
-    tokenizer = load_tokenizer(info.path)
-    teacher = load_hf_model(info, allow_pickle=allow_pickle).to(device)
-    max_len = min(cfg.max_seq_length, info.max_seq_length)
-
-    targets_path = work_dir / "teacher_targets.npy"
-    targets_key = digest_json({"items": items, "max_len": max_len, "kind": info.kind})
-    meta_path = work_dir / "teacher_targets.json"
-    if (
-        targets_path.is_file()
-        and meta_path.is_file()
-        and json.loads(meta_path.read_text()).get("key") == targets_key
-    ):
-        targets = np.load(targets_path)
-        log(f"reusing cached teacher targets for {len(items)} texts")
-    else:
-        t0 = time.perf_counter()
-        targets = teacher_targets(
-            teacher, tokenizer, info, items, max_len, max(cfg.batch_size, 64), device, progress
-        )
-        np.save(work_dir / "teacher_targets.tmp.npy", targets)
-        (work_dir / "teacher_targets.tmp.npy").replace(targets_path)
-        atomic_write_json(meta_path, {"key": targets_key})
-        log(f"teacher targets for {len(items)} texts in {time.perf_counter() - t0:.1f}s")
-
-    student = make_student(teacher, keep).to(device)
-    del teacher
-    student.train()
-    lengths = np.asarray(
-        [
-            len(t)
-            for t in tokenizer([x[0] for x in items], truncation=True, max_length=max_len)[
-                "input_ids"
-            ]
-        ]
+    teacher = prepare_teacher(
+        info,
+        cfg,
+        items,
+        work_dir,
+        keep_model=True,
+        allow_pickle=allow_pickle,
+        progress=progress,
+        log=log,
     )
-    steps_per_epoch = math.ceil(len(items) / cfg.batch_size)
-    total_steps = max(1, round(steps_per_epoch * cfg.epochs))
-    epochs = math.ceil(total_steps / steps_per_epoch)
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-    params = [
-        {
-            "params": [p for n, p in student.named_parameters() if not n.endswith(no_decay)],
-            "weight_decay": cfg.weight_decay,
-        },
-        {
-            "params": [p for n, p in student.named_parameters() if n.endswith(no_decay)],
-            "weight_decay": 0.0,
-        },
-    ]
-    optim = torch.optim.AdamW(params, lr=cfg.learning_rate)
-    sched = get_linear_schedule_with_warmup(optim, int(cfg.warmup_ratio * total_steps), total_steps)
-    ckpt = work_dir / "checkpoint"
-    start_epoch, step = 0, 0
-    history: list[dict] = []
-    if (ckpt / "state.json").is_file():
-        state = json.loads((ckpt / "state.json").read_text())
-        student.load_state_dict(load_file(str(ckpt / "student.safetensors")), strict=True)
-        opt_state = torch.load(ckpt / "optim.pt", map_location=device, weights_only=True)
-        optim.load_state_dict(opt_state["optimizer"])
-        sched.load_state_dict(opt_state["scheduler"])
-        start_epoch, step, history = state["epoch"], state["step"], state["history"]
-        log(f"resuming distillation after epoch {start_epoch} (step {step}/{total_steps})")
-
-    t_train = time.perf_counter()
-    target_t = torch.from_numpy(targets)
-    for epoch in range(start_epoch, epochs):
-        rng = np.random.default_rng([cfg.seed, epoch])
-        torch.manual_seed(cfg.seed * 1000 + epoch)
-        batches = _batches(rng, lengths, cfg.batch_size)
-        running, count = 0.0, 0
-        bar = tqdm(
-            batches, desc=f"distill epoch {epoch + 1}/{epochs}", disable=not progress, unit="batch"
-        )
-        for idx in bar:
-            if step >= total_steps:
-                break
-            batch = _tokenize(tokenizer, [items[i] for i in idx], max_len, device)
-            out = _forward(student, batch, info)
-            loss = kd_loss(out, target_t[idx].to(device), cfg, info.kind)
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
-            optim.step()
-            sched.step()
-            step += 1
-            running += float(loss.detach())
-            count += 1
-            bar.set_postfix(loss=f"{running / count:.5f}")
-        history.append({"epoch": epoch + 1, "loss": running / max(count, 1), "step": step})
-        _save_checkpoint(ckpt, student, optim, sched, epoch + 1, step, history)
-        # logged once checkpointed: a Ctrl-C from here on resumes after this epoch
-        log(f"epoch {epoch + 1}/{epochs}: mean loss {running / max(count, 1):.6f}")
-
-    train_seconds = time.perf_counter() - t_train
-    student.eval()
-    out_dir = work_dir / "student"
-    tmp = work_dir / "student.tmp"
-    tmp.mkdir(exist_ok=True)
-    student.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
-    if info.kind == "embedding":
-        write_sentence_transformers_layout(info, tmp, info.max_seq_length)
-    replace_dir(tmp, out_dir)
-    n_params = sum(p.numel() for p in student.parameters())
+    assert teacher.model is not None
+    student = make_student(teacher.model, keep)
+    if not cfg.losses.needs_teacher_online():
+        teacher.model = None
+    layer_map = list(cfg.layer_map) if cfg.layer_map is not None else list(keep)
+    record = train_kd(
+        student,
+        teacher,
+        cfg,
+        items,
+        work_dir,
+        layer_map=layer_map,
+        dev=dev,
+        progress=progress,
+        log=log,
+    )
+    out_dir = save_student(student, teacher, work_dir / "student")
     return DistillOutcome(
         student_dir=out_dir,
         metrics={
             "kept_layers": keep,
-            "texts": len(items),
-            "epochs": cfg.epochs,
-            "steps": step,
-            "history": history,
-            "final_loss": history[-1]["loss"] if history else None,
-            "train_seconds": round(train_seconds, 2),
-            "student_params": n_params,
-            "device": str(device),
+            **record,
+            "student_params": sum(p.numel() for p in student.parameters()),
+            "teacher_params": teacher.params,
         },
     )
 
 
-def _save_checkpoint(
-    ckpt: Path, student, optim, sched, epoch: int, step: int, history: list[dict]
-) -> None:
+def _save_weights(directory: Path, model) -> None:
+    tmp = directory.with_name(directory.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / "student.safetensors"))
+    replace_dir(tmp, directory)
+
+
+def _save_checkpoint(ckpt: Path, student, optim, sched, projections, state: dict) -> None:
     tmp = ckpt.with_name(ckpt.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
-    save_file(state, str(tmp / "student.safetensors"))
-    torch.save({"optimizer": optim.state_dict(), "scheduler": sched.state_dict()}, tmp / "optim.pt")
-    (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "step": step, "history": history}))
+    weights = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
+    save_file(weights, str(tmp / "student.safetensors"))
+    extra = {"optimizer": optim.state_dict(), "scheduler": sched.state_dict()}
+    if projections is not None:
+        extra["projections"] = projections.state_dict()
+    torch.save(extra, tmp / "optim.pt")
+    (tmp / "state.json").write_text(json.dumps(state))
     replace_dir(tmp, ckpt)

@@ -15,7 +15,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def load_hf_model(info: ModelInfo, *, allow_pickle: bool = False, trust_remote_code: bool = False):
+def load_hf_model(
+    info: ModelInfo,
+    *,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+):
     """The teacher (or a saved student) as a torch module in eval mode.
 
     Weights come from model.safetensors; pickle checkpoints only with ``allow_pickle``, and
@@ -32,6 +38,7 @@ def load_hf_model(info: ModelInfo, *, allow_pickle: bool = False, trust_remote_c
             local_files_only=True,
             use_safetensors=info.safetensors,
             trust_remote_code=trust_remote_code,
+            **({"attn_implementation": attn_implementation} if attn_implementation else {}),
         )
     except (OSError, ValueError) as exc:
         if not info.safetensors:

@@ -34,12 +34,30 @@ def minilm():
 
 def compress(minilm, data, out):
     sets = [x for o in OVERRIDES for x in ("--set", o)]
-    cmd = [sys.executable, "-m", "kdeploy.cli", "compress", "--profile", "cpu-int8",
-           "--model", str(minilm), "--data", str(data), "--out", str(out), "--no-progress",
-           *sets]
+    cmd = [
+        sys.executable,
+        "-m",
+        "kdeploy.cli",
+        "compress",
+        "--profile",
+        "cpu-int8",
+        "--model",
+        str(minilm),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--no-progress",
+        *sets,
+    ]
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800,
-                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    res = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
     return res, time.perf_counter() - t0
 
 

@@ -58,15 +58,34 @@ def test_errors_have_codes_and_no_traceback(args, code, text):
 
 
 def test_missing_data_dir(tiny_bert, tmp_path):
-    res = invoke("compress", "--model", str(tiny_bert), "--data", str(tmp_path / "none"),
-                 "--out", str(tmp_path / "run"))
+    res = invoke(
+        "compress",
+        "--model",
+        str(tiny_bert),
+        "--data",
+        str(tmp_path / "none"),
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert res.exit_code == 5 and "data directory" in res.output
     assert not (tmp_path / "run").exists()
 
 
 def test_real_subprocess_prints_no_traceback(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "kdeploy.cli", "compress", "--profile",
-                          "cpu-int9", "--data", str(tmp_path)], capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kdeploy.cli",
+            "compress",
+            "--profile",
+            "cpu-int9",
+            "--data",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 3
     assert "did you mean 'cpu-int8'" in res.stderr
     assert "Traceback" not in res.stderr + res.stdout
@@ -76,25 +95,51 @@ def test_compress_cli_reuses_finished_run(tiny_run_copy, tiny_bert, stsb_small):
     from tests.conftest import TINY_OVERRIDES
 
     sets = [x for o in TINY_OVERRIDES for x in ("--set", o)]
-    res = invoke("compress", "--model", str(tiny_bert), "--data", str(stsb_small), "--out",
-                 str(tiny_run_copy), "--no-progress", *sets)
+    res = invoke(
+        "compress",
+        "--model",
+        str(tiny_bert),
+        "--data",
+        str(stsb_small),
+        "--out",
+        str(tiny_run_copy),
+        "--no-progress",
+        *sets,
+    )
     assert res.exit_code == 0, res.output
     assert "ran 0 stage(s), reused 6" in res.output
     assert "| student_int8 |" in res.output
 
 
 def test_bench_single_model_dir(tiny_run, stsb_small):
-    res = invoke("bench", str(tiny_run / "package" / "deploy" / "model.onnx"), "--data",
-                 str(stsb_small), "--profile", "cpu-int8")
+    res = invoke(
+        "bench",
+        str(tiny_run / "package" / "deploy" / "model.onnx"),
+        "--data",
+        str(stsb_small),
+        "--profile",
+        "cpu-int8",
+    )
     assert res.exit_code == 0, res.output
     assert "| model | 1 x 32 |" in res.output
 
 
 def test_verify_single_model_against_reference(tiny_run, stsb_small, tmp_path):
     out = tmp_path / "v.json"
-    res = invoke("verify", str(tiny_run / "package" / "deploy"), "--reference",
-                 str(tiny_run / "export" / "teacher"), "--data", str(stsb_small), "--json",
-                 str(out), "--profile", "cpu-int8", "--set", "verify.budgets.min_speedup=null")
+    res = invoke(
+        "verify",
+        str(tiny_run / "package" / "deploy"),
+        "--reference",
+        str(tiny_run / "export" / "teacher"),
+        "--data",
+        str(stsb_small),
+        "--json",
+        str(out),
+        "--profile",
+        "cpu-int8",
+        "--set",
+        "verify.budgets.min_speedup=null",
+    )
     assert res.exit_code in (0, 8), res.output
     result = json.loads(out.read_text())
     assert set(result["models"]) == {"teacher_fp32", "student_fp32"}

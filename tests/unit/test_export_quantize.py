@@ -14,8 +14,12 @@ from kdeploy.runtime.runners import OrtRunner
 from kdeploy.train.export import export_onnx, torch_outputs, validate_export
 from kdeploy.train.quantize import quantize_student
 
-TEXTS = ["A man is playing a guitar.", "Two dogs run on the beach in the sun.", "Hi",
-         "A woman slices an onion very carefully with a sharp knife in a kitchen."]
+TEXTS = [
+    "A man is playing a guitar.",
+    "Two dogs run on the beach in the sun.",
+    "Hi",
+    "A woman slices an onion very carefully with a sharp knife in a kitchen.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +38,11 @@ def test_export_has_dynamic_batch_and_sequence(exported):
         assert all(d.dim_param for d in dims), f"{inp.name} has a fixed dimension"
     with OrtRunner(out / "model.onnx", outputs=[card.output]) as r:
         for b, s in ((1, 5), (3, 17), (7, 64)):
-            feeds = {"input_ids": np.full((b, s), 7, dtype=np.int64),
-                     "attention_mask": np.ones((b, s), dtype=np.int64),
-                     "token_type_ids": np.zeros((b, s), dtype=np.int64)}
+            feeds = {
+                "input_ids": np.full((b, s), 7, dtype=np.int64),
+                "attention_mask": np.ones((b, s), dtype=np.int64),
+                "token_type_ids": np.zeros((b, s), dtype=np.int64),
+            }
             assert r.infer(feeds)[card.output].shape == (b, 32)
 
 
@@ -71,12 +77,17 @@ def test_mean_pooling_matches_reference(exported, tiny_bert):
     np.testing.assert_allclose(torch_outputs(info, TEXTS), ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("method, fmt", [("dynamic", "qoperator"), ("static", "qdq"),
-                                         ("static", "qoperator")])
+@pytest.mark.parametrize(
+    "method, fmt", [("dynamic", "qoperator"), ("static", "qdq"), ("static", "qoperator")]
+)
 def test_quantize_gives_int8_model_close_to_fp32(exported, tmp_path, method, fmt):
     _, src, card = exported
-    cfg = QuantizeConfig(method=method, format=fmt, activation_type="int8" if fmt == "qdq"
-                         else "uint8", calibration_texts=4)
+    cfg = QuantizeConfig(
+        method=method,
+        format=fmt,
+        activation_type="int8" if fmt == "qdq" else "uint8",
+        calibration_texts=4,
+    )
     info = quantize_student(src, tmp_path / "q", cfg, TEXTS * 4)
     if method == "dynamic":  # (QDQ adds scale tensors, which outweigh a tiny model's savings)
         assert info["bytes_after"] < info["bytes_before"]

@@ -75,7 +75,8 @@ def test_pipeline_runs_without_network(no_network, tiny_bert, stsb_small, tmp_pa
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert no_network == []
-    assert list(load_manifest(out).stages) == list(ORDER)
+    m = load_manifest(out)
+    assert set(m.stages) | set(m.skipped) == set(ORDER) and "package" in m.stages
 
 
 @pytest.mark.slow

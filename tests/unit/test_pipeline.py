@@ -14,6 +14,8 @@ from kdeploy.profiles import load_profile
 from kdeploy.stages import ORDER, RunOptions
 from tests.conftest import TINY_OVERRIDES
 
+CPU_STAGES = [s for s in ORDER if s != "build"]  # build (TensorRT) is off for runtime: ort
+
 
 def run(model, data, out, extra=(), profile="cpu-int8", **kw):
     req = RunRequest(
@@ -29,7 +31,7 @@ def run(model, data, out, extra=(), profile="cpu-int8", **kw):
 
 def test_finished_run_has_every_stage_and_artifact(tiny_run):
     m = load_manifest(tiny_run)
-    assert list(m.stages) == list(ORDER)
+    assert list(m.stages) == CPU_STAGES and m.skipped == ["build"]
     for rec in m.stages.values():
         for art in rec.outputs.values():
             assert art.check(tiny_run) == []
@@ -57,7 +59,7 @@ def test_finished_run_has_every_stage_and_artifact(tiny_run):
 def test_rerun_reuses_everything(tiny_run_copy, tiny_bert, stsb_small):
     result = run(tiny_bert, stsb_small, tiny_run_copy)
     assert result.ran == []
-    assert result.reused == list(ORDER)
+    assert result.reused == CPU_STAGES and result.skipped == ["build"]
 
 
 def test_changing_a_late_section_reruns_only_downstream(tiny_run_copy, tiny_bert, stsb_small):
@@ -103,7 +105,7 @@ def test_other_profile_run_dir_is_refused_unless_forced(
     with pytest.raises(RunDirError, match="holds a run of profile 'cpu-int8'"):
         run(tiny_bert, stsb_small, tiny_run_copy, profile=str(other))
     result = run(tiny_bert, stsb_small, tiny_run_copy, profile=str(other), force=True)
-    assert result.ran == list(ORDER)
+    assert result.ran == CPU_STAGES
 
 
 def test_ctrl_c_in_a_stage_keeps_earlier_stages(tmp_path, tiny_bert, stsb_small, monkeypatch):
@@ -184,3 +186,29 @@ def test_classifier_teacher_runs_end_to_end(tmp_path, tiny_classifier, sst2_smal
     assert report["verify"]["task"] == "classification"
     assert report["verify"]["split"] == "dev"
     assert {row["metric"] for row in report["summary"]} == {"accuracy"}
+
+
+def test_device_stages_reuse_and_rerun_a_host_run(tiny_run_copy, stsb_small):
+    """`kdeploy build RUN_DIR --until package` computes the same stage keys as compress."""
+    from click.testing import CliRunner
+
+    from kdeploy.cli import cli
+    from kdeploy.pipeline import run_device_stages
+
+    res = run_device_stages(tiny_run_copy, until="package", log=lambda m: None)
+    assert (res.ran, res.reused, res.skipped) == ([], ["bench", "verify", "package"], ["build"])
+    res = run_device_stages(
+        tiny_run_copy, until="verify", force=True, data_dir=stsb_small, log=lambda m: None
+    )
+    assert res.ran == ["bench", "verify"]
+    out = CliRunner().invoke(cli, ["build", str(tiny_run_copy)], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert "has no TensorRT build (runtime is not trt)" in out.output
+
+
+def test_device_stages_refuse_other_data(tiny_run_copy, sst2_small):
+    from kdeploy.errors import DataError
+    from kdeploy.pipeline import run_device_stages
+
+    with pytest.raises(DataError, match="does not hold the data the run was started with"):
+        run_device_stages(tiny_run_copy, until="bench", data_dir=sst2_small, log=lambda m: None)

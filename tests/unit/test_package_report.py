@@ -1,0 +1,108 @@
+"""package: the chain report (every model with params, size, metric, speed, budgets), the
+PNG plots, and plots skipped (not failed) without matplotlib."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from kdeploy.plots import pareto_front
+from tests.conftest import TINY_OVERRIDES
+from tests.unit.test_pipeline import run
+
+
+def _report(run_dir) -> dict:
+    return json.loads((run_dir / "package" / "report.json").read_text())
+
+
+def test_chain_rows_cover_every_model(tiny_run):
+    r = _report(tiny_run)
+    rows = {x["model"]: x for x in r["chain"]}
+    assert list(rows) == ["teacher_fp32", "teacher_int8", "student_fp32", "student_int8"]
+    assert rows["teacher_fp32"]["kind"] == "reference"
+    assert rows["teacher_int8"]["kind"] == "baseline"
+    assert rows["student_int8"]["deploy"] and rows["student_int8"]["made_by"] == "quantize"
+    assert rows["student_fp32"]["made_by"] == "distill+export"
+    # the 2-layer student has fewer weights than the 4-layer teacher; INT8 is smaller
+    assert rows["student_fp32"]["params"] < rows["teacher_fp32"]["params"]
+    assert rows["student_int8"]["params"] == rows["student_fp32"]["params"]
+    assert rows["student_int8"]["size_mb"] < rows["student_fp32"]["size_mb"]
+    for x in rows.values():
+        assert x["value"] is not None and x["sentences_per_s"] > 0
+        assert x["p50_ms"] > 0 and x["p99_ms"] >= x["p50_ms"]
+        assert x["latency_cell"] == [1, 64]  # the latency budget's cell
+    assert rows["teacher_fp32"]["speedup"] == 1.0 and rows["teacher_fp32"]["passed"] is None
+    deploy = rows["student_int8"]
+    assert deploy["budgets"] == {b["name"]: b["passed"] for b in r["verify"]["budgets"]}
+    md = (tiny_run / "package" / "report.md").read_text()
+    assert "## Compression chain" in md and "**student_int8** (deployed)" in md
+    assert "## Serving: Triton model repository" in md and "serve-check" in md
+
+
+def test_plots_are_real_pngs(tiny_run):
+    pytest.importorskip("matplotlib")
+    import matplotlib.image as mpimg
+
+    r = _report(tiny_run)
+    assert set(r["plots"]["files"]) == {"pareto", "latency"}
+    md = (tiny_run / "package" / "report.md").read_text()
+    for rel in r["plots"]["files"].values():
+        img = mpimg.imread(tiny_run / "package" / rel)
+        assert img.shape[0] > 300 and img.shape[1] > 600
+        assert img[..., :3].std() > 0.05  # something is drawn
+        assert f"]({rel})" in md
+
+
+def test_pareto_front():
+    pts = [(100, 82.0), (200, 81.0), (150, 80.0), (400, 80.5), (400, 79.0)]
+    assert pareto_front(pts) == [0, 1, 3]
+
+
+def test_disabled_stages_are_listed_and_the_chain_follows_the_models(
+    tiny_run_copy, tiny_bert, stsb_small
+):
+    run(
+        tiny_bert,
+        stsb_small,
+        tiny_run_copy,
+        extra=["target.precision=fp32", "quantize.enabled=false", "package.plots=false"],
+    )
+    r = _report(tiny_run_copy)
+    assert [x["model"] for x in r["chain"]] == ["teacher_fp32", "student_fp32"]
+    assert r["chain"][1]["deploy"]
+    assert "quantize" in r["not_in_profile"]
+    assert r["plots"] == {"skipped": "package.plots is false in the profile"}
+    md = (tiny_run_copy / "package" / "report.md").read_text()
+    assert "Not part of this profile (disabled): quantize" in md
+    assert "Plots skipped: package.plots is false" in md
+
+
+def test_missing_matplotlib_skips_plots_and_says_why(tiny_run_copy, tiny_bert, stsb_small):
+    code = textwrap.dedent(
+        f"""
+        import sys
+
+        class _Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "matplotlib":
+                    raise ImportError("blocked import of matplotlib")
+
+        sys.meta_path.insert(0, _Block())
+        from kdeploy.cli import main
+        args = ["compress", "--model", {str(tiny_bert)!r}, "--data", {str(stsb_small)!r},
+                "--out", {str(tiny_run_copy)!r}, "--from", "package", "--no-progress"]
+        for o in {TINY_OVERRIDES!r}:
+            args += ["--set", o]
+        main(args)
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    r = _report(tiny_run_copy)
+    assert "matplotlib" in r["plots"]["skipped"] and "kdeploy[plots]" in r["plots"]["skipped"]
+    md = (tiny_run_copy / "package" / "report.md").read_text()
+    assert "Plots skipped:" in md and "![" not in md

@@ -16,13 +16,14 @@ model in ``verify.json`` (deterministic: same models, same data, same thread cou
 
 The signal lands a few milliseconds after the line is read, so its exact place inside the
 stage varies from run to run; the assertions hold wherever it lands, and the rerun's log
-shows where that was (e.g. "resuming distillation after epoch 1").
+shows where that was (e.g. "resuming distill after epoch 1").
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -155,7 +156,7 @@ def test_sigint_then_rerun_gives_identical_artifacts(setup, tmp_path, point, tri
         else:
             assert f"[{stage}] running" in res.stderr
     if point == "distill-training":
-        assert "resuming distillation after epoch" in res.stderr
+        assert re.search(r"resuming distill\w* after epoch", res.stderr)
     assert_consistent(out)
     assert not (out / "distill.tmp").exists()
 

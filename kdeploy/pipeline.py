@@ -166,6 +166,20 @@ class _Inputs:
         self.digests[name] = digest
         self.files[name] = files
 
+    def publish(self, record: StageRecord, run_dir: Path) -> None:
+        """Make a finished stage's outputs available to the stages after it."""
+        for out_name, art in record.outputs.items():
+            self.set(out_name, art.abspath(run_dir), art.digest, art.file_paths(run_dir))
+
+    def consumed_by(self, mod: Any) -> dict[str, str]:
+        """{artifact: digest} of what a stage module consumes (alternatives resolved)."""
+        consumed = {}
+        for spec in mod.CONSUMES:
+            got = self.resolve(spec)
+            if got is not None:
+                consumed[got] = self.digests[got]
+        return consumed
+
     def resolve(self, spec: str) -> str | None:
         optional = spec.endswith("?")
         for alt in spec.rstrip("?").split("|"):
@@ -389,11 +403,7 @@ def _run_locked(
             manifest.skipped.append(name)
             manifest.stages.pop(name, None)
             continue
-        consumed = {}
-        for spec in mod.CONSUMES:
-            got = inputs.resolve(spec)
-            if got is not None:
-                consumed[got] = inputs.digests[got]
+        consumed = inputs.consumed_by(mod)
         key, versions = _stage_key(name, mod, profile, consumed)
         record = manifest.stages.get(name)
         rerun_reason = None
@@ -425,24 +435,12 @@ def _run_locked(
         if rerun_reason is None and record is not None:
             reused.append(name)
             log(f"[{name}] up to date, reused ({record.seconds:.1f}s when it ran)")
-            for out_name, art in record.outputs.items():
-                inputs.set(out_name, art.abspath(run_dir), art.digest, art.file_paths(run_dir))
+            inputs.publish(record, run_dir)
             continue
         _hand_off_if_unavailable(name, mod, manifest, run_dir)
         log(f"[{name}] running ({rerun_reason})")
-        inputs.verify(name, list(consumed), hashes)
-
-        def commit(rec: StageRecord, name: str = name) -> None:
-            manifest.stages[name] = rec
-            manifest.save(run_dir)
-
-        record = _run_stage(
-            name, mod, key, consumed, versions, req, inputs, run_dir, log, hashes, commit
-        )
+        _execute(name, mod, key, consumed, versions, req, inputs, run_dir, log, hashes, manifest)
         ran.append(name)
-        for out_name, art in record.outputs.items():
-            inputs.set(out_name, art.abspath(run_dir), art.digest, art.file_paths(run_dir))
-        log(f"[{name}] done in {record.seconds:.1f}s")
     result = RunResult(
         run_dir=run_dir,
         manifest=manifest,
@@ -579,11 +577,7 @@ def run_device_stages(
             if not mod.enabled(profile):
                 skipped.append(name)
                 continue
-            consumed = {}
-            for spec in mod.CONSUMES:
-                got = inputs.resolve(spec)
-                if got is not None:
-                    consumed[got] = inputs.digests[got]
+            consumed = inputs.consumed_by(mod)
             key, versions = _stage_key(name, mod, profile, consumed)
             record = manifest.stages.get(name)
             intact = record is not None and not [
@@ -592,25 +586,15 @@ def run_device_stages(
             if not force and intact and record.key == key:
                 reused.append(name)
                 log(f"[{name}] up to date, reused")
-                for out_name, art in record.outputs.items():
-                    inputs.set(out_name, art.abspath(run_dir), art.digest, art.file_paths(run_dir))
+                inputs.publish(record, run_dir)
                 continue
             # no hand-off here: this is the target, so a missing TensorRT is an install
             # problem and the stage says which extra to install (exit 9)
             log(f"[{name}] running on this device")
-            inputs.verify(name, list(consumed), hashes)
-
-            def commit(rec: StageRecord, name: str = name) -> None:
-                manifest.stages[name] = rec
-                manifest.save(run_dir)
-
-            record = _run_stage(
-                name, mod, key, consumed, versions, req, inputs, run_dir, log, hashes, commit
+            _execute(
+                name, mod, key, consumed, versions, req, inputs, run_dir, log, hashes, manifest
             )
             ran.append(name)
-            for out_name, art in record.outputs.items():
-                inputs.set(out_name, art.abspath(run_dir), art.digest, art.file_paths(run_dir))
-            log(f"[{name}] done in {record.seconds:.1f}s")
     _check_budgets(manifest, profile.name, run_dir, ORDER.index(until))
     return RunResult(
         run_dir=run_dir,
@@ -623,6 +607,34 @@ def run_device_stages(
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _execute(
+    name: str,
+    mod: Any,
+    key: str,
+    consumed: dict[str, str],
+    versions: dict[str, str | None],
+    req: RunRequest,
+    inputs: _Inputs,
+    run_dir: Path,
+    log: Callable[[str], None],
+    hashes: _Hashes,
+    manifest: Manifest,
+) -> StageRecord:
+    """Check a stage's inputs, run it, record it in the manifest, publish its outputs."""
+    inputs.verify(name, list(consumed), hashes)
+
+    def commit(rec: StageRecord) -> None:
+        manifest.stages[name] = rec
+        manifest.save(run_dir)
+
+    record = _run_stage(
+        name, mod, key, consumed, versions, req, inputs, run_dir, log, hashes, commit
+    )
+    inputs.publish(record, run_dir)
+    log(f"[{name}] done in {record.seconds:.1f}s")
+    return record
 
 
 def _write_error_log(path: Path, text: str) -> str | None:

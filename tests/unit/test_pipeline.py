@@ -49,7 +49,7 @@ def test_finished_run_has_every_stage_and_artifact(tiny_run):
     card = json.loads((deploy / "kdeploy_model.json").read_text())
     assert card["precision"] == "int8" and card["task"] == "embedding"
     # the distilled student really has the profile's depth and the teacher's kept layers
-    assert m.stages["distill"].metrics["kept_layers"] == [1, 3]
+    assert m.stages["distill"].metrics["kept_layers"] == [0, 3]
     assert m.stages["export"].metrics["student"]["layers"] == 2
     assert m.stages["export"].metrics["student"]["validation"]["max_abs_diff"] < 1e-4
     # no temp dirs left behind

@@ -12,9 +12,10 @@ from kdeploy.train.student import make_student, select_layers
 @pytest.mark.parametrize(
     "n, k, strategy, keep, want",
     [
-        (6, 3, "uniform", None, [1, 3, 5]),
-        (6, 2, "uniform", None, [2, 5]),
-        (12, 4, "uniform", None, [2, 5, 8, 11]),
+        (6, 3, "uniform", None, [0, 2, 5]),
+        (6, 2, "uniform", None, [0, 5]),
+        (12, 4, "uniform", None, [0, 3, 7, 11]),
+        (6, 1, "uniform", None, [5]),
         (6, 3, "bottom", None, [0, 1, 2]),
         (6, 3, "top", None, [3, 4, 5]),
         (6, 3, "explicit", [0, 2, 5], [0, 2, 5]),

@@ -189,13 +189,14 @@ def _run_dir_of(req) -> Path:
 
 
 def _print_summary(run_dir: Path) -> None:
-    from kdeploy.report import budgets_table, models_table
+    from kdeploy.report import budgets_table, chain_table, models_table
 
     report_path = run_dir / "package" / "report.json"
     if not report_path.is_file():
         return
     report = json.loads(report_path.read_text())
-    click.echo("\n".join(["", *models_table(report)]))
+    table = chain_table(report) if report.get("chain") else models_table(report)
+    click.echo("\n".join(["", *table]))
     if (report.get("verify") or {}).get("budgets"):
         click.echo("\n".join(["", *budgets_table(report["verify"])]))
     click.echo(f"\nreport: {run_dir / 'package' / 'report.md'}")

@@ -108,7 +108,7 @@ def test_compress_cli_reuses_finished_run(tiny_run_copy, tiny_bert, stsb_small):
     )
     assert res.exit_code == 0, res.output
     assert "ran 0 stage(s), reused 6" in res.output
-    assert "| student_int8 |" in res.output
+    assert "**student_int8** (deployed)" in res.output
 
 
 def test_bench_single_model_dir(tiny_run, stsb_small):

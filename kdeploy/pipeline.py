@@ -669,6 +669,8 @@ def _run_stage(
 ) -> StageRecord:
     work = run_dir / f"{name}.tmp"
     resumable = getattr(mod, "RESUMABLE", False)
+    if hasattr(mod, "resumable"):
+        resumable = mod.resumable(req.profile.profile)
 
     def cleanup() -> None:
         """A failed stage leaves nothing behind but a resumable stage's checkpoints."""

@@ -189,17 +189,59 @@ class DistillConfig(_Strict):
         return self
 
 
+class FineTune(_Strict):
+    """KD fine-tuning after a structural change (2:4 masks, fake quantization).
+
+    Everything not set here (losses, temperature, batch size, sequence length, seed) is
+    taken from ``distill``: the same teacher targets and losses, a shorter schedule.
+    """
+
+    epochs: float = Field(default=1, ge=0, le=1000, description="0 = no fine-tuning.")
+    learning_rate: float = Field(default=5e-5, gt=0, lt=1)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    select_best: bool = Field(
+        default=True, description="Keep the epoch with the best dev score (dev only)."
+    )
+
+
+# Linear layers that stay dense/unquantized unless a profile says otherwise: heads are small
+# and sit right before the metric (BERT's pooler feeds the classifier).
+ALWAYS_DENSE = ("*classifier*", "*pooler*")
+
+
 class SparsifyConfig(_Strict):
+    """2:4 semi-structured sparsity of the student's Linear weights (torch, modelopt)."""
+
     enabled: bool = False
     pattern: Literal["2:4"] = "2:4"
+    method: Literal["magnitude", "sparsegpt"] = Field(
+        default="magnitude",
+        description="How the 2 of every 4 weights are chosen: magnitude, or SparseGPT's "
+        "second-order (Hessian) score with its weight update, from calibration texts.",
+    )
+    calibration_texts: int = Field(
+        default=128, ge=1, le=100_000, description="Train texts SparseGPT's Hessians see."
+    )
+    dense_layers: list[str] = Field(
+        default=list(ALWAYS_DENSE),
+        description="Module-name globs kept dense (e.g. layers where 2:4 does not pay).",
+    )
+    min_features: int = Field(
+        default=64,
+        ge=4,
+        description="Linear layers with fewer input or output features stay dense.",
+    )
+    fine_tune: FineTune = FineTune()
 
 
 class QuantizeConfig(_Strict):
     enabled: bool = True
-    method: Literal["dynamic", "static"] = Field(
+    method: Literal["dynamic", "static", "ptq", "qat"] = Field(
         default="dynamic",
-        description="dynamic: weights INT8, activations quantized at run time; "
-        "static: activations calibrated on the train split.",
+        description="ONNX Runtime post-training: dynamic (INT8 weights, activations "
+        "quantized at run time) or static (activations calibrated on the train split). "
+        "modelopt, in torch, exported as Q/DQ ONNX: ptq (calibration only) or qat "
+        "(calibration, then KD fine-tuning with fake quantization).",
     )
     format: Literal["qoperator", "qdq"] = "qoperator"
     per_channel: bool = True
@@ -213,6 +255,40 @@ class QuantizeConfig(_Strict):
         default=True,
         description="Also quantize the teacher dynamically, as the baseline users have today.",
     )
+    fine_tune: FineTune = Field(
+        default=FineTune(epochs=1, learning_rate=2e-5),
+        description="QAT schedule (method qat only).",
+    )
+    keep_float: list[str] = Field(
+        default=list(ALWAYS_DENSE),
+        description="Module-name globs whose Linear layers stay unquantized (ptq/qat).",
+    )
+
+    @model_validator(mode="after")
+    def _modelopt_is_symmetric_qdq(self) -> QuantizeConfig:
+        if self.method in ("ptq", "qat"):
+            wrong = [
+                f"{k}: {v}"
+                for k, v in (
+                    ("format", self.format),
+                    ("weight_type", self.weight_type),
+                    ("activation_type", self.activation_type),
+                )
+                if v != ("qdq" if k == "format" else "int8")
+            ]
+            if wrong:
+                raise ValueError(
+                    f"quantize.method {self.method} writes symmetric int8 Q/DQ (modelopt); "
+                    f"set quantize.format: qdq, weight_type: int8, activation_type: int8 "
+                    f"(not {', '.join(wrong)})"
+                )
+        return self
+
+    @property
+    def in_torch(self) -> bool:
+        """ptq/qat quantize the torch model (modelopt) before export; dynamic/static the
+        exported ONNX model (ONNX Runtime)."""
+        return self.method in ("ptq", "qat")
 
 
 class MinOptMax(_Strict):
@@ -237,6 +313,10 @@ class ExportConfig(_Strict):
     shapes: ExportShapes
     atol: float = Field(default=1e-4, gt=0, description="Max abs diff torch vs ONNX.")
     min_cosine: float = Field(default=0.9999, gt=0, le=1)
+    qdq_atol: float = Field(
+        default=0.05, gt=0, description="Max abs diff fake-quantized torch vs Q/DQ ONNX."
+    )
+    qdq_min_cosine: float = Field(default=0.999, gt=0, le=1)
     validation_texts: int = Field(default=64, ge=1)
 
 
@@ -319,11 +399,13 @@ def _check_device_fit(p: Profile) -> None:
     q = p.quantize
     if t.runtime == "trt" and t.precision == "int8":
         wrong = []
-        if q.method != "static" or q.format != "qdq":
-            wrong.append("quantize.method: static and quantize.format: qdq")
+        if q.method not in ("static", "ptq", "qat") or q.format != "qdq":
+            wrong.append("quantize.method: qat, ptq or static and quantize.format: qdq")
         if q.activation_type != "int8" or q.weight_type != "int8":
             wrong.append("quantize.activation_type: int8 and quantize.weight_type: int8")
-        if not q.op_types or not set(q.op_types) <= {"MatMul", "Gemm", "Conv"}:
+        if q.method == "static" and (
+            not q.op_types or not set(q.op_types) <= {"MatMul", "Gemm", "Conv"}
+        ):
             wrong.append("quantize.op_types: [MatMul] (Q/DQ on GEMM inputs only)")
         if wrong:
             raise ValueError(

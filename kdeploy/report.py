@@ -80,6 +80,7 @@ def build_report(
         "stages": stages,
         "skipped_stages": manifest.get("skipped", []),
         "distill": manifest["stages"].get("distill", {}).get("metrics"),
+        "sparsify": manifest["stages"].get("sparsify", {}).get("metrics"),
         "export": manifest["stages"].get("export", {}).get("metrics"),
         "quantize": manifest["stages"].get("quantize", {}).get("metrics"),
         "build": manifest["stages"].get("build", {}).get("metrics"),
@@ -89,6 +90,7 @@ def build_report(
         "deploy_dir": deploy_dir,
         "passed": (verify or {}).get("passed"),
         "chain": chain_rows(manifest, bench, verify, budgets, model_stats or {}),
+        "layers": layer_rows(model_stats or {}),
         "budget_limits": _budget_limits(budgets),
         "not_in_profile": list(manifest.get("skipped", [])),
         "triton": triton,
@@ -148,7 +150,9 @@ def chain_rows(
         b, v, st = bench_models.get(name, {}), v_models.get(name, {}), model_stats.get(name, {})
         role = b.get("role") or st.get("role")
         made_by = producers.get(name)
-        if role == "student" and made_by == "export" and "distill" in manifest["stages"]:
+        if name == "student_sparse" and made_by == "export":
+            made_by = "sparsify+export"
+        elif role == "student" and made_by == "export" and "distill" in manifest["stages"]:
             made_by = "distill+export"
         kind = (
             "reference" if name == "teacher_fp32" else "baseline" if role == "teacher" else "chain"
@@ -195,6 +199,53 @@ def chain_rows(
     return rows
 
 
+def layer_rows(model_stats: dict[str, dict]) -> list[dict[str, Any]]:
+    """One row per GEMM layer of the students: in x out and, per model of the chain, how it
+    runs ("2:4 int8", "dense fp32", ...). From each model's ONNX graph (onnx_layers)."""
+    from kdeploy.onnx_layers import module_of
+
+    students = [
+        (name, st["gemm_layers"])
+        for name, st in model_stats.items()
+        if st.get("role") == "student" and st.get("gemm_layers")
+    ]
+    rows: dict[str, dict[str, Any]] = {}
+    for name, layers in students:
+        for g in layers:
+            key = module_of(g["node"])
+            row = rows.setdefault(
+                key, {"layer": key, "in": g["in_features"], "out": g["out_features"]}
+            )
+            bits = g["weight_bits"]
+            kind = "2:4" if g["is_2to4"] else "dense"
+            row[name] = f"{kind} {'int' if bits == 8 else 'fp'}{bits}"
+    return list(rows.values())
+
+
+def layers_table(r: dict[str, Any]) -> list[str]:
+    rows = r.get("layers") or []
+    if not rows:
+        return []
+    models = [k for k in rows[0] if k not in ("layer", "in", "out")]
+    for row in rows[1:]:
+        models += [k for k in row if k not in ("layer", "in", "out") and k not in models]
+    out = [
+        "| layer | in x out | " + " | ".join(models) + " |",
+        "|---|---|" + "---|" * len(models),
+    ]
+    for row in rows:
+        out.append(
+            f"| {row['layer']} | {row['in']} x {row['out']} | "
+            + " | ".join(row.get(m, "-") for m in models)
+            + " |"
+        )
+    sp = r.get("sparsify") or {}
+    if sp.get("dense_layers"):
+        kept = ", ".join(f"{k} ({v})" for k, v in sp["dense_layers"].items())
+        out += ["", f"Kept dense by sparsify: {kept}."]
+    return out
+
+
 def _fmt(x: Any, nd: int = 2) -> str:
     if x is None:
         return "-"
@@ -229,6 +280,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         out += ["", "## Compression chain", ""] + chain_table(r)
     else:
         out += ["", "## Models", ""] + models_table(r)
+    if r.get("layers"):
+        out += ["", "## Layers", ""] + layers_table(r)
     plots = r.get("plots") or {}
     if plots.get("files"):
         out += ["", "## Plots", ""]

@@ -9,7 +9,8 @@ Module attributes the pipeline reads:
 - ``PRODUCES``: artifact names it writes
 - ``TOOLS``: distributions whose versions enter the stage key
 - ``enabled(profile) -> bool`` and ``config(profile) -> dict`` (the profile part it uses)
-- ``RESUMABLE`` (optional): keep the work dir after an interruption so ``run`` can resume
+- ``RESUMABLE`` (optional): keep the work dir after an interruption so ``run`` can resume;
+  or ``resumable(profile) -> bool`` when that depends on the profile
 - ``unavailable() -> str | None`` (optional): why the stage cannot run on this machine; the
   pipeline then stops before it with a hand-off (exit 11) instead of failing
 """
@@ -25,7 +26,16 @@ from typing import Any
 
 from kdeploy.profiles import Profile
 
-ORDER = ("distill", "export", "quantize", "build", "bench", "verify", "package")
+ORDER = (
+    "distill",
+    "sparsify",
+    "export",
+    "quantize",
+    "build",
+    "bench",
+    "verify",
+    "package",
+)
 
 
 @dataclass

@@ -27,6 +27,7 @@ CONSUMES = (
     "teacher_onnx",
     "teacher_int8?",
     "student_onnx",
+    "sparse_onnx?",
     "student_int8?",
     "student_trt?",
     "dataset",
@@ -39,6 +40,7 @@ VARIANTS = {
     "teacher_onnx": "teacher_fp32",
     "teacher_int8": "teacher_int8",
     "student_onnx": "student_fp32",
+    "sparse_onnx": "student_sparse",
     "student_int8": "student_int8",
     "student_trt": "student_trt",
 }

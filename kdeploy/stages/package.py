@@ -26,6 +26,7 @@ CONSUMES = (
     "teacher_onnx",
     "teacher_int8?",
     "student_onnx",
+    "sparse_onnx?",
     "student_int8?",
     "student_trt?",
     "bench?",
@@ -91,7 +92,15 @@ def onnx_weight_stats(path: Path) -> dict:
         if len(t.dims) >= 2:
             matrix += numel
             zeros += int((numpy_helper.to_array(t) == 0).sum())
-    return {"params": params, "zero_weights": zeros / matrix if matrix else None}
+    from dataclasses import asdict
+
+    from kdeploy.onnx_layers import gemm_layers
+
+    return {
+        "params": params,
+        "zero_weights": zeros / matrix if matrix else None,
+        "gemm_layers": [asdict(x) for x in gemm_layers(path)],
+    }
 
 
 def run(ctx: StageContext) -> StageResult:

@@ -23,6 +23,7 @@ CONSUMES = (
     "teacher_onnx",
     "teacher_int8?",
     "student_onnx",
+    "sparse_onnx?",
     "student_int8?",
     "student_trt?",
     "dataset",
@@ -121,7 +122,7 @@ def evaluate(
 
 def deploy_name(models: dict[str, Path]) -> str:
     """The model the run delivers: the last one the chain produced."""
-    for name in ("student_trt", "student_int8"):
+    for name in ("student_trt", "student_int8", "student_sparse"):
         if name in models:
             return name
     return "student_fp32"

@@ -26,7 +26,7 @@ from kdeploy.data import Split
 from kdeploy.errors import ModelError
 from kdeploy.fsutil import atomic_write_json, digest_json, replace_dir
 from kdeploy.model_info import ModelInfo
-from kdeploy.profiles import DistillConfig
+from kdeploy.profiles import DistillConfig, FineTune
 from kdeploy.train.evaluate import pool, score
 from kdeploy.train.kd import Outputs, applicable_losses, total_loss
 from kdeploy.train.loading import load_hf_model, load_tokenizer, pick_device
@@ -54,6 +54,31 @@ def _tokenize(tokenizer, items: Sequence[Item], max_len: int, device) -> dict:
         return_tensors="pt",
     )
     return {k: v.to(device) for k, v in enc.items()}
+
+
+def tokenized_batches(
+    tokenizer, texts: Sequence[str], max_len: int, batch_size: int, device
+) -> list[dict]:
+    """Calibration batches: ``texts`` tokenized in order, ``batch_size`` at a time."""
+    items = [(t, None, None) for t in texts]
+    return [
+        _tokenize(tokenizer, items[i : i + batch_size], max_len, device)
+        for i in range(0, len(items), batch_size)
+    ]
+
+
+def fine_tune_config(cfg: DistillConfig, ft: FineTune) -> DistillConfig:
+    """The distillation recipe (losses, batch, sequence length, seed) with the shorter
+    schedule of a fine-tuning step (2:4 masks, QAT). Early stopping does not apply."""
+    return cfg.model_copy(
+        update={
+            "epochs": ft.epochs,
+            "learning_rate": ft.learning_rate,
+            "warmup_ratio": ft.warmup_ratio,
+            "select_best": ft.select_best,
+            "early_stopping_patience": None,
+        }
+    )
 
 
 def _forward(

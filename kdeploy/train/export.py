@@ -78,6 +78,27 @@ def _load_torch(info: ModelInfo, allow_pickle: bool):
     return load_hf_model(info, allow_pickle=allow_pickle)
 
 
+def sentence_transformer_around(src_dir: Path, model) -> object:
+    """The sentence-transformers pipeline of ``src_dir`` (pooling, normalisation) around a
+    transformers model in memory (e.g. one carrying fake quantizers)."""
+    from sentence_transformers import SentenceTransformer
+
+    with quiet_libraries():
+        st = SentenceTransformer(str(src_dir), device="cpu", local_files_only=True)
+    first = st[0]
+    # sentence-transformers 5 keeps the model in `.model` behind a read-only `auto_model`
+    # property; nn.Module.__setattr__ would silently store an unused copy instead
+    if isinstance(getattr(type(first), "auto_model", None), property):
+        first.model = model
+    else:
+        first.auto_model = model
+    if first.auto_model is not model:
+        raise ExportError(
+            f"cannot put the model into the sentence-transformers pipeline of {src_dir}"
+        )
+    return st
+
+
 def export_onnx(
     info: ModelInfo,
     out_dir: Path,
@@ -87,9 +108,18 @@ def export_onnx(
     allow_pickle: bool = False,
 ) -> ModelCard:
     """Write ``out_dir/model.onnx`` + tokenizer + kdeploy_model.json; return the card."""
+    model = _load_torch(info, allow_pickle)
+    return export_loaded(model, info, out_dir, opset=opset, role=role)
+
+
+def export_loaded(
+    model, info: ModelInfo, out_dir: Path, *, opset: int, role: str, precision: str = "fp32"
+) -> ModelCard:
+    """Export a model already in memory (a SentenceTransformer for embedding models, a
+    transformers classifier otherwise), e.g. one carrying modelopt's fake quantizers,
+    which optimum's exporter writes as QuantizeLinear/DequantizeLinear pairs."""
     from optimum.exporters.onnx import onnx_export_from_model
 
-    model = _load_torch(info, allow_pickle)
     task = "feature-extraction" if info.kind == "embedding" else "text-classification"
     tmp = out_dir.with_name(out_dir.name + ".export")
     if tmp.exists():
@@ -124,7 +154,7 @@ def export_onnx(
         output="sentence_embedding" if info.kind == "embedding" else "logits",
         max_seq_length=info.max_seq_length,
         role=role,
-        precision="fp32",
+        precision=precision,
         pooling=info.pooling if info.kind == "embedding" else None,
         normalize=info.normalize,
         labels=labels,
@@ -145,10 +175,16 @@ def check_onnx(path: Path) -> None:
 
 @torch.inference_mode()
 def torch_outputs(
-    info: ModelInfo, texts: list[str], allow_pickle: bool = False, pairs: list[str] | None = None
+    info: ModelInfo,
+    texts: list[str],
+    allow_pickle: bool = False,
+    pairs: list[str] | None = None,
+    model=None,
 ) -> np.ndarray:
-    """Reference outputs of the torch model on real texts."""
-    model = _load_torch(info, allow_pickle)
+    """Reference outputs of the torch model on real texts (``model``: one in memory, else
+    the one saved in ``info.path``)."""
+    if model is None:
+        model = _load_torch(info, allow_pickle)
     if info.kind == "embedding":
         return model.encode(texts, batch_size=32, convert_to_numpy=True, show_progress_bar=False)
     from kdeploy.train.loading import load_tokenizer
@@ -173,9 +209,13 @@ def validate_export(
     atol: float,
     min_cosine: float,
     allow_pickle: bool = False,
+    reference: np.ndarray | None = None,
 ) -> dict:
-    """Compare torch and ONNX Runtime on the same real sentences (optimum's practice)."""
-    ref = torch_outputs(info, texts, allow_pickle)
+    """Compare torch and ONNX Runtime on the same real sentences (optimum's practice).
+
+    ``reference``: the torch outputs when the model is not the one saved in ``info.path``
+    (a fake-quantized model in memory)."""
+    ref = torch_outputs(info, texts, allow_pickle) if reference is None else reference
     card = ModelCard.load(model_dir)
     enc = TextEncoder(model_dir / card.tokenizer_file, card.max_seq_length)
     with OrtRunner(model_dir / card.model_file, outputs=[card.output]) as runner:

@@ -397,7 +397,7 @@ CASES = [
          lambda e: Setup(e.compress("--force", "--from", "bench"), e.out), subprocess=True),
     Case("from-after-until", 2, ("--from bench comes after --until export",),
          lambda e: Setup(e.compress("--from", "bench", "--until", "export"), e.out)),
-    Case("unknown-stage", 2, ("--until compile: no such stage", "distill, export"),
+    Case("unknown-stage", 2, ("--until compile: no such stage", "distill, sparsify, export"),
          lambda e: Setup(e.compress("--until", "compile"), e.out)),
     Case("verify-model-without-reference", 2, ("needs --reference",),
          lambda e: Setup(["verify", str(e.tiny_run / "package" / "deploy"), "--data",

@@ -77,7 +77,7 @@ def test_disabled_stages_are_listed_and_the_chain_follows_the_models(
     assert "quantize" in r["not_in_profile"]
     assert r["plots"] == {"skipped": "package.plots is false in the profile"}
     md = (tiny_run_copy / "package" / "report.md").read_text()
-    assert "Not part of this profile (disabled): quantize" in md
+    assert "Not part of this profile (disabled): sparsify, quantize" in md
     assert "Plots skipped: package.plots is false" in md
 
 

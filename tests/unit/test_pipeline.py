@@ -14,7 +14,7 @@ from kdeploy.profiles import load_profile
 from kdeploy.stages import ORDER, RunOptions
 from tests.conftest import TINY_OVERRIDES
 
-CPU_STAGES = [s for s in ORDER if s != "build"]  # build (TensorRT) is off for runtime: ort
+CPU_STAGES = [s for s in ORDER if s not in ("build", "sparsify")]  # off in cpu-int8
 
 
 def run(model, data, out, extra=(), profile="cpu-int8", **kw):
@@ -31,7 +31,7 @@ def run(model, data, out, extra=(), profile="cpu-int8", **kw):
 
 def test_finished_run_has_every_stage_and_artifact(tiny_run):
     m = load_manifest(tiny_run)
-    assert list(m.stages) == CPU_STAGES and m.skipped == ["build"]
+    assert list(m.stages) == CPU_STAGES and m.skipped == ["sparsify", "build"]
     for rec in m.stages.values():
         for art in rec.outputs.values():
             assert art.check(tiny_run) == []
@@ -59,7 +59,7 @@ def test_finished_run_has_every_stage_and_artifact(tiny_run):
 def test_rerun_reuses_everything(tiny_run_copy, tiny_bert, stsb_small):
     result = run(tiny_bert, stsb_small, tiny_run_copy)
     assert result.ran == []
-    assert result.reused == CPU_STAGES and result.skipped == ["build"]
+    assert result.reused == CPU_STAGES and result.skipped == ["sparsify", "build"]
 
 
 def test_changing_a_late_section_reruns_only_downstream(tiny_run_copy, tiny_bert, stsb_small):

@@ -1,0 +1,255 @@
+"""Static lint of a Q/DQ ONNX graph against TensorRT's explicit-quantization rules.
+
+TensorRT builds an INT8 engine from an explicitly quantized graph by fusing each
+QuantizeLinear/DequantizeLinear pair into the layer that consumes it. When the graph breaks
+one of its rules the parser refuses it, or worse, the builder silently runs the layer in
+FP16/FP32 (the most common complaint against Q/DQ tools: "INT8 slower than FP16"). Each rule
+below names where it comes from; run it on the host, before an engine build on a device
+nobody can watch.
+
+Sources (short names used by the rules):
+- [TRT-EQ] TensorRT Developer Guide, "Working with Quantized Types" -> "Explicit
+  Quantization" and "Q/DQ Layer-Placement Recommendations" (TensorRT 10.x).
+- [ONNX-Q] ONNX operator spec, QuantizeLinear / DequantizeLinear (``axis`` since opset 13).
+- [TF2ONNX-1713] onnx/tensorflow-onnx#1713: the TensorRT parser's assertion
+  "TRT only supports symmetric quantization - zeroPt must be all zeros".
+- [TRT-1604] NVIDIA/TensorRT#1604: a Transpose between "initializer + Q/DQ" and MatMul is
+  folded at build time (weights may be stored [out, in] and transposed).
+- [TRT-3197] NVIDIA/TensorRT#3197, [TRT-1144] NVIDIA/TensorRT#1144, [MO-80]
+  NVIDIA/Model-Optimizer#80: engines slower than FP16 because Q/DQ sat where no INT8
+  kernel could absorb it, leaving layers "fp32-in-fp32-out" with reformats around them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+GEMM_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose"}
+# ops that only move a quantized weight into place before its GEMM ([TRT-1604])
+_LAYOUT_OPS = {"Transpose", "Reshape", "Identity"}
+# ops that read a tensor's shape, not its values: no precision boundary
+_SHAPE_ONLY = {"Shape", "Size"}
+
+
+@dataclass
+class Finding:
+    rule: str
+    node: str
+    message: str
+    source: str
+
+
+RULES: dict[str, tuple[str, str]] = {
+    "opset": ("Q/DQ graphs need ONNX opset >= 13 (per-channel `axis`)", "[ONNX-Q], [TRT-EQ]"),
+    "int8": ("Q/DQ are INT8, not UINT8 (TensorRT has no UINT8 Q/DQ for GEMMs)", "[TRT-EQ]"),
+    "zero-point": ("zero points are all 0 (symmetric quantization)", "[TF2ONNX-1713], [TRT-EQ]"),
+    "scale": ("scales are finite and > 0", "[TRT-EQ]"),
+    "weight-axis": (
+        "weight scales are per output channel (axis 0 of an [out, in] weight, axis 1 of a "
+        "MatMul's [in, out] weight); activation scales are per tensor",
+        "[TRT-EQ], [TRT-1604]",
+    ),
+    "pair": (
+        "every DequantizeLinear of an activation follows a QuantizeLinear with the same "
+        "scale and zero point",
+        "[TRT-EQ]",
+    ),
+    "gemm-inputs": (
+        "a quantized GEMM has Q/DQ on both inputs (activation and weight); a GEMM with only "
+        "one runs in float",
+        "[TRT-EQ], [TRT-3197]",
+    ),
+    "placement": (
+        "DequantizeLinear outputs feed only GEMMs (directly or through a weight Transpose): "
+        "Q/DQ on a GEMM's output, its bias Add or a residual Add/LayerNorm/Softmax "
+        "breaks the GEMM+bias(+residual) fusion and leaves float layers with reformats",
+        "[TRT-EQ], [TRT-3197], [TRT-1144], [MO-80]",
+    ),
+}
+
+
+def _attr(node, name: str, default: Any = None) -> Any:
+    import onnx
+
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def lint_qdq(path: Path) -> list[Finding]:
+    """Every violation of RULES in the ONNX model at ``path`` (an empty list = clean)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and n.output and _attr(n, "value") is not None:
+            consts[n.output[0]] = numpy_helper.to_array(_attr(n, "value"))
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    findings: list[Finding] = []
+
+    def add(rule: str, node, msg: str) -> None:
+        findings.append(Finding(rule, node.name or node.op_type, msg, RULES[rule][1]))
+
+    qdq = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    if not qdq:
+        return findings
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset < 13:
+        findings.append(Finding("opset", "(model)", f"opset {opset} < 13", RULES["opset"][1]))
+
+    def is_weight(name: str) -> bool:
+        """``name`` comes from a constant through Q/DQ / layout ops only."""
+        for _ in range(8):
+            if name in consts:
+                return True
+            node = producer.get(name)
+            if node is None or node.op_type not in _LAYOUT_OPS | {
+                "QuantizeLinear",
+                "DequantizeLinear",
+                "Cast",
+            }:
+                return False
+            name = node.input[0]
+        return False
+
+    for n in qdq:
+        scale = consts.get(n.input[1]) if len(n.input) > 1 else None
+        zp = consts.get(n.input[2]) if len(n.input) > 2 else None
+        if scale is None:
+            add("scale", n, "scale is not a constant")
+        elif not (np.isfinite(scale).all() and (scale > 0).all()):
+            add("scale", n, f"scale has non-finite or non-positive values ({scale.min()!r})")
+        if zp is not None:
+            if zp.dtype != np.int8:
+                add("int8", n, f"zero point dtype is {zp.dtype}, not int8")
+            if np.any(zp != 0):
+                add("zero-point", n, f"non-zero zero point(s), e.g. {zp.flat[0]!r}")
+        weight = is_weight(n.input[0])
+        per_channel = scale is not None and scale.size > 1
+        if weight and per_channel:
+            w = consts.get(n.input[0])
+            src = n.input[0]
+            while w is None and src in producer:
+                src = producer[src].input[0]
+                w = consts.get(src)
+            axis = _attr(n, "axis", 1)
+            if w is not None and w.ndim == 2 and not _output_axis_ok(n, axis, consumers):
+                add("weight-axis", n, f"per-channel axis {axis} is not the output channel")
+        elif not weight and per_channel:
+            add("weight-axis", n, "an activation is quantized per channel")
+        if n.op_type == "DequantizeLinear" and not weight:
+            q = producer.get(n.input[0])
+            if q is None or q.op_type != "QuantizeLinear":
+                add("pair", n, "DequantizeLinear of an activation without its QuantizeLinear")
+            elif (q.input[1:] != n.input[1:]) and not _same_values(q, n, consts):
+                add("pair", n, "Q and DQ of a pair differ in scale or zero point")
+        if n.op_type == "DequantizeLinear":
+            for c in _effective_consumers(n.output[0], consumers):
+                if c.op_type not in GEMM_OPS | _SHAPE_ONLY:
+                    add(
+                        "placement",
+                        n,
+                        f"dequantized tensor feeds {c.op_type} '{c.name}', not a GEMM",
+                    )
+        if n.op_type == "QuantizeLinear":
+            src = producer.get(n.input[0])
+            if src is not None and src.op_type in GEMM_OPS:
+                add("placement", n, f"quantizes the output of {src.op_type} '{src.name}'")
+
+    for n in g.node:
+        if n.op_type not in GEMM_OPS or len(n.input) < 2:
+            continue
+        fed = [_dequantized(i, producer) for i in n.input[:2]]
+        if any(fed) and not all(fed):
+            which = "weight" if fed[0] else "activation"
+            add("gemm-inputs", n, f"has Q/DQ on one input only (its {which} is float)")
+    return findings
+
+
+def _same_values(q, dq, consts: dict[str, np.ndarray]) -> bool:
+    for a, b in zip(q.input[1:], dq.input[1:], strict=False):
+        va, vb = consts.get(a), consts.get(b)
+        if va is None or vb is None or va.shape != vb.shape or not np.array_equal(va, vb):
+            return False
+    return True
+
+
+def _effective_consumers(name: str, consumers: dict[str, list]) -> list:
+    """Consumers of a tensor, looking through layout ops (a weight's Transpose)."""
+    out = []
+    for c in consumers.get(name, []):
+        if c.op_type in _LAYOUT_OPS:
+            out += _effective_consumers(c.output[0], consumers)
+        else:
+            out.append(c)
+    return out
+
+
+def _dequantized(name: str, producer: dict) -> bool:
+    for _ in range(4):
+        node = producer.get(name)
+        if node is None:
+            return False
+        if node.op_type == "DequantizeLinear":
+            return True
+        if node.op_type not in _LAYOUT_OPS:
+            return False
+        name = node.input[0]
+    return False
+
+
+def _output_axis_ok(dq_or_q, axis: int, consumers: dict[str, list]) -> bool:
+    """Is ``axis`` of this weight the output-channel axis of the GEMM it feeds?
+
+    A weight reaches MatMul as [in, out] (output axis 1); an odd number of 2-D Transposes
+    on the way means it is stored [out, in] (output axis 0). Gemm with transB=1 reads
+    [out, in]. Conv weights are [out, in, kh, kw] (axis 0).
+    """
+    name = dq_or_q.output[0]
+    flips = 0
+    for _ in range(8):
+        nxt = consumers.get(name, [])
+        if not nxt:
+            return True  # not consumed: nothing to check
+        c = nxt[0]
+        if c.op_type in ("QuantizeLinear", "DequantizeLinear", "Identity", "Cast"):
+            name = c.output[0]
+            continue
+        if c.op_type == "Transpose":
+            flips += 1
+            name = c.output[0]
+            continue
+        if c.op_type == "MatMul":
+            return axis % 2 == (0 if flips % 2 else 1)
+        if c.op_type == "Gemm":
+            trans_b = bool(_attr(c, "transB", 0)) ^ bool(flips % 2)
+            return axis % 2 == (0 if trans_b else 1)
+        if c.op_type in ("Conv", "ConvTranspose"):
+            return axis == (1 if c.op_type == "ConvTranspose" else 0)
+        return True
+    return True
+
+
+def findings_json(findings: list[Finding]) -> list[dict]:
+    return [asdict(f) for f in findings]
+
+
+def summary(findings: list[Finding]) -> str:
+    if not findings:
+        return "clean: no TensorRT Q/DQ rule broken"
+    by_rule: dict[str, int] = {}
+    for f in findings:
+        by_rule[f.rule] = by_rule.get(f.rule, 0) + 1
+    return ", ".join(f"{k}: {v}" for k, v in sorted(by_rule.items()))

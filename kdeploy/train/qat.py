@@ -1,0 +1,70 @@
+"""INT8 in torch with NVIDIA TensorRT Model Optimizer (``modelopt.torch.quantization``):
+calibration (PTQ), optionally followed by quantization-aware KD fine-tuning (QAT), exported
+by optimum as an ONNX graph with QuantizeLinear/DequantizeLinear pairs.
+
+Why modelopt: it is NVIDIA's maintained successor of pytorch-quantization, written for
+TensorRT's explicit quantization: symmetric INT8 (zero points 0), per-channel weight scales
+on the output axis, per-tensor activation scales, Q/DQ on GEMM inputs, and fake quantizers
+with straight-through gradients that train like any nn.Module. torch.ao.quantization
+targets its own CPU backends (fbgemm/x86) and is deprecated in favour of torchao, whose QAT
+has no Q/DQ ONNX export path.
+
+Placement (kdeploy's config on top of modelopt's INT8 default): every Linear's input and
+weight; nothing on LayerNorm (modelopt's default quantizes LayerNorm inputs, which puts
+Q/DQ on the residual path that TensorRT then cannot fuse into the GEMM + bias + residual
+kernel); heads and the pooler (``quantize.keep_float``) stay float; attention BMMs stay float
+(TensorRT's fused MHA kernels pick their own precision).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from collections.abc import Callable
+
+import torch
+
+from kdeploy.profiles import QuantizeConfig
+
+
+def quant_config(cfg: QuantizeConfig) -> dict:
+    import modelopt.torch.quantization as mtq
+
+    qc = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
+    rules = qc["quant_cfg"]
+    if not cfg.per_channel:
+        for r in rules:
+            if r.get("quantizer_name") == "*weight_quantizer" and "cfg" in r:
+                r["cfg"]["axis"] = None
+    rules.append({"quantizer_name": "*", "parent_class": "nn.LayerNorm", "enable": False})
+    rules += [{"quantizer_name": pat, "enable": False} for pat in cfg.keep_float]
+    return qc
+
+
+def quantize_model(
+    model: torch.nn.Module, cfg: QuantizeConfig, forward_loop: Callable[[torch.nn.Module], None]
+) -> dict:
+    """Insert fake quantizers into ``model`` (in place) and calibrate them (max).
+
+    Returns {"quantized": [linear names], "float": [linear names left float]}."""
+    import modelopt.torch.quantization as mtq
+
+    with contextlib.redirect_stdout(io.StringIO()):  # modelopt prints per-layer progress
+        mtq.quantize(model, quant_config(cfg), forward_loop)
+    quantized, left = [], []
+    for name, module in model.named_modules():
+        wq = getattr(module, "weight_quantizer", None)
+        if wq is None or not isinstance(module, torch.nn.Linear):
+            continue
+        (quantized if getattr(wq, "is_enabled", False) else left).append(name)
+    return {"quantized": quantized, "float": left}
+
+
+def forward_loop(batches: list[dict]) -> Callable[[torch.nn.Module], None]:
+    def loop(model: torch.nn.Module) -> None:
+        with torch.no_grad():
+            for b in batches:
+                model(**b)
+
+    return loop

@@ -217,7 +217,7 @@ class SparsifyConfig(_Strict):
     method: Literal["magnitude", "sparsegpt"] = Field(
         default="magnitude",
         description="How the 2 of every 4 weights are chosen: magnitude, or SparseGPT's "
-        "second-order (Hessian) score with its weight update, from calibration texts.",
+        "second-order (Hessian) error score from calibration texts.",
     )
     calibration_texts: int = Field(
         default=128, ge=1, le=100_000, description="Train texts SparseGPT's Hessians see."

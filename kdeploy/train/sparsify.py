@@ -3,8 +3,10 @@ masks fixed.
 
 Masks come from NVIDIA TensorRT Model Optimizer (``modelopt.torch.sparsity``): its
 ``sparse_magnitude`` mode (keep the 2 largest of every 4 weights along the input dimension)
-or ``sparsegpt`` (second-order: Hessians of each layer's inputs on calibration texts, with
-SparseGPT's weight update, Frantar & Alistarh 2023). modelopt runs on a copy of the model;
+or ``sparsegpt`` (second-order: SparseGPT's error criterion w^2 / [H^-1]_jj from Hessians of
+each layer's inputs on calibration texts, Frantar & Alistarh 2023; modelopt 0.47 computes
+SparseGPT's compensating weight update on a clone and keeps only the mask, so the kept
+weights are recovered by the KD fine-tuning instead). modelopt runs on a copy of the model;
 kdeploy keeps only the masks and the resulting weights, so the student stays a plain
 transformers model (saved with ``save_pretrained``, exported by optimum) and fine-tuning
 re-applies the masks after every optimizer step.
@@ -70,8 +72,7 @@ def compute_masks(
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """2:4 masks and the new weights of the sparse layers, found by modelopt on a copy.
 
-    Returns ({layer: bool mask}, {layer: weight}); the weights differ from ``model``'s only
-    for SparseGPT, which updates the kept weights to make up for the pruned ones.
+    Returns ({layer: bool mask}, {layer: masked weight}).
     """
     import modelopt.torch.sparsity as mts
 

@@ -63,12 +63,13 @@ def write_onnx(path: Path, dims: list) -> Path:
 
 def test_a100_plan():
     plan = plan_for("a100-int8")
-    assert plan.flags == ("INT8", "FP16")
+    assert plan.flags == ("INT8", "FP16", "SPARSE_WEIGHTS")  # the profile asks for 2:4
     assert plan.compute_capability == "SM 8.0" and plan.workspace_mb == 4096
     assert [s.name for s in plan.shapes] == ["input_ids", "attention_mask", "token_type_ids"]
     s = plan.shapes[0]
     assert (s.min, s.opt, s.max) == ((1, 1), (32, 128), (128, 256))
-    assert plan.dla_core is None and not plan.sparse_requested
+    assert plan.dla_core is None and plan.sparse_requested
+    assert not plan_for("a100-int8", ["sparsify.enabled=false"]).sparse_requested
     assert plan.engine == "build/student/model.plan"
 
 
@@ -78,7 +79,7 @@ def test_sparsity_dla_and_precision_flags():
         "FP16",
         "SPARSE_WEIGHTS",
     )
-    orin = plan_for("orin-int8", ["target.dla_core=1"])
+    orin = plan_for("orin-int8", ["target.dla_core=1", "sparsify.enabled=false"])
     assert orin.flags == ("INT8", "FP16", "GPU_FALLBACK") and orin.dla_core == 1
     assert orin.workspace_mb == 1024
     assert (
@@ -97,6 +98,7 @@ def test_trtexec_command_for_a100():
         "--saveEngine=build/student/model.plan",
         "--int8",
         "--fp16",
+        "--sparsity=enable",
         "--memPoolSize=workspace:4096",
         "--builderOptimizationLevel=4",
         "--profilingVerbosity=detailed",

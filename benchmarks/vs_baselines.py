@@ -165,7 +165,7 @@ def main() -> None:
                                                     args.threads, base_out)
     systems["teacher optimum+ORT dyn INT8"] = OrtSystem(base["optimum_int8"], tok, max_len,
                                                         args.threads, base_out)
-    for name in ("student_fp32", "student_int8"):
+    for name in ("student_fp32", "student_sparse", "student_int8"):  # each stage's model
         if name in view.models:
             mdir = view.models[name]
             c = ModelCard.load(mdir)

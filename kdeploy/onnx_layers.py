@@ -26,6 +26,8 @@ _GEMMS = {
     "DynamicQuantizeMatMul": "KN",
     "QLinearMatMul": "KN",
     "MatMulIntegerToFloat": "KN",
+    "Attention": "KN",  # ONNX Runtime's fused attention: packed [hidden, 3 * hidden] QKV
+    "QAttention": "KN",
 }
 # single-tensor ops a weight passes through on its way to the GEMM
 _PASS = {"Transpose", "DequantizeLinear", "QuantizeLinear", "Cast", "Identity"}
@@ -36,6 +38,7 @@ _INTEGER_ZP = {
     "DynamicQuantizeMatMul": 3,
     "QLinearMatMul": 5,
     "MatMulIntegerToFloat": 5,
+    "QAttention": 7,
 }
 
 

@@ -255,6 +255,11 @@ class QuantizeConfig(_Strict):
         default=True,
         description="Also quantize the teacher dynamically, as the baseline users have today.",
     )
+    fuse: bool = Field(
+        default=False,
+        description="dynamic/static: run ONNX Runtime's transformer optimizer (attention, "
+        "LayerNorm, GELU fusion) before quantizing. ONNX Runtime contrib ops: runtime ort only.",
+    )
     fine_tune: FineTune = Field(
         default=FineTune(epochs=1, learning_rate=2e-5),
         description="QAT schedule (method qat only).",
@@ -282,6 +287,12 @@ class QuantizeConfig(_Strict):
                     f"set quantize.format: qdq, weight_type: int8, activation_type: int8 "
                     f"(not {', '.join(wrong)})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _fuse_is_for_ort(self) -> QuantizeConfig:
+        if self.fuse and self.method in ("ptq", "qat"):
+            raise ValueError("quantize.fuse applies to ONNX Runtime's dynamic/static methods")
         return self
 
     @property
@@ -397,6 +408,11 @@ def _check_device_fit(p: Profile) -> None:
                     "the TensorRT engine accepts"
                 )
     q = p.quantize
+    if t.runtime == "trt" and q.fuse:
+        raise ValueError(
+            "quantize.fuse writes ONNX Runtime contrib ops (Attention, SkipLayerNormalization) "
+            "that TensorRT's ONNX parser does not take; set quantize.fuse: false"
+        )
     if t.runtime == "trt" and t.precision == "int8":
         wrong = []
         if q.method not in ("static", "ptq", "qat") or q.format != "qdq":

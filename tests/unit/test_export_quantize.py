@@ -106,3 +106,37 @@ def test_quantize_gives_int8_model_close_to_fp32(exported, tmp_path, method, fmt
         ea, eb = a.embed(TEXTS), b.embed(TEXTS)
     cos = (ea * eb).sum(1) / np.linalg.norm(ea, axis=1) / np.linalg.norm(eb, axis=1)
     assert cos.min() > 0.9
+
+
+def test_fused_dynamic_int8_uses_ort_transformer_kernels(exported, tmp_path):
+    """quantize.fuse: attention/LayerNorm/GELU fused by ONNX Runtime's transformer optimizer
+    before dynamic INT8; the fused graph keeps the fp32 model's outputs."""
+    from kdeploy.onnx_layers import gemm_layers
+    from kdeploy.runtime.model import Encoder
+
+    _, src, _ = exported
+    info = quantize_student(src, tmp_path / "q", QuantizeConfig(fuse=True), [])
+    assert info["fused"]["Attention"] == 4 and info["fused"]["SkipLayerNormalization"] == 8
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "q" / "model.onnx")).graph.node}
+    assert {"QAttention", "SkipLayerNormalization"} <= ops and "Softmax" not in ops
+    assert not (tmp_path / "q" / "fused.onnx").exists()
+    layers = gemm_layers(tmp_path / "q" / "model.onnx")
+    assert sum(x.node.startswith("Attention") for x in layers) == 4  # packed QKV GEMMs
+    assert all(x.weight_bits == 8 for x in layers)
+    with Encoder(src) as a, Encoder(tmp_path / "q") as b:
+        ea, eb = a.embed(TEXTS), b.embed(TEXTS)
+    cos = (ea * eb).sum(1) / np.linalg.norm(ea, axis=1) / np.linalg.norm(eb, axis=1)
+    assert cos.min() > 0.9
+
+
+def test_fuse_is_refused_where_it_cannot_run():
+    from kdeploy.errors import ProfileError
+    from kdeploy.profiles import load_profile
+
+    with pytest.raises(ProfileError, match="contrib ops"):
+        load_profile(
+            "a100-int8",
+            ["quantize.method=static", "quantize.op_types=[MatMul]", "quantize.fuse=true"],
+        )
+    with pytest.raises(ProfileError, match="dynamic/static"):
+        load_profile("a100-int8", ["quantize.fuse=true"])

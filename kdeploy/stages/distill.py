@@ -7,12 +7,13 @@ dev and test are never seen.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 
 from kdeploy.data import load_task_data, read_unlabeled
-from kdeploy.model_info import inspect_model
-from kdeploy.profiles import Profile
+from kdeploy.model_info import ModelInfo, inspect_model
+from kdeploy.profiles import FineTune, Profile
 from kdeploy.stages import StageContext, StageResult
 
 CONSUMES = ("teacher_model", "dataset", "unlabeled_text?")
@@ -67,6 +68,70 @@ def training_items(ctx: StageContext, kind: str) -> list[tuple[str, str | None, 
     return unique
 
 
+TRAINING_LEFTOVERS = ("checkpoint", "best", "teacher_targets.npy", "teacher_targets.json")
+
+
+def remove_leftovers(work_dir: Path, *extra: str) -> None:
+    """Checkpoints and cached targets a finished training stage no longer needs."""
+    for leftover in (*TRAINING_LEFTOVERS, *extra):
+        path = work_dir / leftover
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def dev_split(ctx: StageContext, select_best: bool):
+    """The labelled dev split that picks the best epoch, or None."""
+    if not select_best:
+        return None
+    dev = load_task_data(ctx.input("dataset")).splits.get("dev")
+    return dev if dev is not None and dev.labels is not None else None
+
+
+def kd_fine_tune(
+    ctx: StageContext,
+    student,
+    teacher_info: ModelInfo,
+    layer_map: list[int],
+    ft: FineTune,
+    *,
+    after_step=None,
+    label: str,
+) -> dict:
+    """KD fine-tuning after a structural change (2:4 masks, fake quantizers): the
+    profile's distillation losses and batch on the same training texts, ``ft``'s schedule,
+    checkpointed in the stage's work dir (an interrupted stage resumes there)."""
+    from kdeploy.train.distill import fine_tune_config, prepare_teacher, train_kd
+
+    cfg = fine_tune_config(ctx.profile.distill, ft)
+    if cfg.epochs <= 0:
+        return {"steps": 0, "epochs_run": 0}
+    items = training_items(ctx, teacher_info.kind)
+    teacher = prepare_teacher(
+        teacher_info,
+        cfg,
+        items,
+        ctx.work_dir,
+        allow_pickle=ctx.options.allow_pickle,
+        progress=ctx.options.progress,
+        log=ctx.log,
+    )
+    return train_kd(
+        student,
+        teacher,
+        cfg,
+        items,
+        ctx.work_dir,
+        layer_map=layer_map,
+        dev=dev_split(ctx, cfg.select_best),
+        after_step=after_step,
+        progress=ctx.options.progress,
+        log=ctx.log,
+        label=label,
+    )
+
+
 def run(ctx: StageContext) -> StageResult:
     from kdeploy.train.distill import distill
     from kdeploy.train.student import select_layers
@@ -80,10 +145,7 @@ def run(ctx: StageContext) -> StageResult:
     )
     keep = select_layers(info.num_layers, p.student.layers, p.student.strategy, p.student.keep)
     items = training_items(ctx, info.kind)
-    data = load_task_data(ctx.input("dataset"))
-    dev = data.splits.get("dev") if p.distill.select_best else None
-    if dev is not None and dev.labels is None:
-        dev = None
+    dev = dev_split(ctx, p.distill.select_best)
     ctx.log(
         f"student keeps teacher layers {keep} of {info.num_layers}; "
         f"{len(items)} distinct training texts"
@@ -100,10 +162,5 @@ def run(ctx: StageContext) -> StageResult:
         progress=ctx.options.progress,
         log=ctx.log,
     )
-    for leftover in ("checkpoint", "best", "teacher_targets.npy", "teacher_targets.json"):
-        path = ctx.work_dir / leftover
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    remove_leftovers(ctx.work_dir)
     return StageResult(outputs={"student_model": outcome.student_dir}, metrics=outcome.metrics)

@@ -138,14 +138,9 @@ def modelopt_student(ctx: StageContext, out: Path) -> dict:
     import torch
 
     from kdeploy.model_info import inspect_model
-    from kdeploy.stages.distill import training_items
+    from kdeploy.stages.distill import kd_fine_tune, remove_leftovers
     from kdeploy.stages.sparsify import layer_map
-    from kdeploy.train.distill import (
-        fine_tune_config,
-        prepare_teacher,
-        tokenized_batches,
-        train_kd,
-    )
+    from kdeploy.train.distill import forward_loop, tokenized_batches
     from kdeploy.train.export import (
         check_onnx,
         export_loaded,
@@ -154,7 +149,7 @@ def modelopt_student(ctx: StageContext, out: Path) -> dict:
         validate_export,
     )
     from kdeploy.train.loading import load_hf_model, load_tokenizer
-    from kdeploy.train.qat import forward_loop, quantize_model
+    from kdeploy.train.qat import quantize_model
     from kdeploy.train.sparsify import apply_masks
 
     p = ctx.profile
@@ -184,33 +179,14 @@ def modelopt_student(ctx: StageContext, out: Path) -> dict:
         f"(float: {', '.join(placed['float']) or 'none'}), calibrated on {len(calib)} batches"
     )
     record: dict = {"steps": 0}
-    if cfg.method == "qat" and cfg.fine_tune.epochs > 0:
-        items = training_items(ctx, t_info.kind)
-        ft = fine_tune_config(p.distill, cfg.fine_tune)
-        data = load_task_data(ctx.input("dataset"))
-        dev = data.splits.get("dev") if ft.select_best else None
-        if dev is not None and dev.labels is None:
-            dev = None
-        teacher = prepare_teacher(
-            t_info,
-            ft,
-            items,
-            ctx.work_dir,
-            allow_pickle=ctx.options.allow_pickle,
-            progress=ctx.options.progress,
-            log=ctx.log,
-        )
-        record = train_kd(
+    if cfg.method == "qat":
+        record = kd_fine_tune(
+            ctx,
             student,
-            teacher,
-            ft,
-            items,
-            ctx.work_dir,
-            layer_map=layer_map(ctx, t_info.num_layers, s_info.num_layers),
-            dev=dev,
+            t_info,
+            layer_map(ctx, t_info.num_layers, s_info.num_layers),
+            cfg.fine_tune,
             after_step=(lambda: apply_masks(student, masks)) if masks else None,
-            progress=ctx.options.progress,
-            log=ctx.log,
             label="QAT",
         )
     student.cpu().eval()
@@ -231,12 +207,7 @@ def modelopt_student(ctx: StageContext, out: Path) -> dict:
         min_cosine=p.export.qdq_min_cosine,
         reference=torch_outputs(s_info, texts, model=model),
     )
-    for leftover in ("checkpoint", "best", "teacher_targets.npy", "teacher_targets.json"):
-        path = ctx.work_dir / leftover
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    remove_leftovers(ctx.work_dir)
     ctx.log(
         f"Q/DQ export vs fake-quantized torch: max |diff| {check['max_abs_diff']:.2e}, "
         f"min cosine {check['min_cosine']:.5f}"

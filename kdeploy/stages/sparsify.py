@@ -8,7 +8,6 @@ Trains on the train split only (plus --unlabeled); dev only picks the best epoch
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 
@@ -17,7 +16,7 @@ from kdeploy.errors import StageError
 from kdeploy.model_info import inspect_model
 from kdeploy.profiles import Profile
 from kdeploy.stages import StageContext, StageResult
-from kdeploy.stages.distill import training_items
+from kdeploy.stages.distill import kd_fine_tune, remove_leftovers
 
 CONSUMES = ("student_model|teacher_model", "teacher_model", "dataset", "unlabeled_text?")
 PRODUCES = ("sparse_model",)
@@ -67,14 +66,8 @@ def calibration_texts(ctx: StageContext, n: int) -> list[str]:
 def run(ctx: StageContext) -> StageResult:
     import torch
 
-    from kdeploy.train.distill import (
-        fine_tune_config,
-        prepare_teacher,
-        save_student,
-        tokenized_batches,
-        train_kd,
-    )
-    from kdeploy.train.loading import load_hf_model, pick_device
+    from kdeploy.train.distill import forward_loop, save_model_dir, tokenized_batches
+    from kdeploy.train.loading import load_hf_model, load_tokenizer, pick_device
     from kdeploy.train.sparsify import (
         MASKS_FILE,
         apply_masks,
@@ -110,57 +103,28 @@ def run(ctx: StageContext) -> StageResult:
     else:
         loop = None
         if cfg.method == "sparsegpt":
-            from kdeploy.train.loading import load_tokenizer
-
-            tok = load_tokenizer(s_info.path)
             batches = tokenized_batches(
-                tok,
+                load_tokenizer(s_info.path),
                 calibration_texts(ctx, cfg.calibration_texts),
                 min(p.distill.max_seq_length, s_info.max_seq_length),
                 16,
                 torch.device("cpu"),
             )
-
-            def loop(model) -> None:
-                with torch.no_grad():
-                    for b in batches:
-                        model(**b)
-
+            loop = forward_loop(batches)
         masks, weights = compute_masks(student, layers, cfg, loop)
         save_masks(mask_path, masks, weights)
         ctx.log(f"2:4 masks ({cfg.method}) on {len(masks)} of {len(layers)} Linear layers")
     load_weights(student, weights)
     apply_masks(student, masks)
-    items = training_items(ctx, t_info.kind)
-    data = load_task_data(ctx.input("dataset"))
-    ft = fine_tune_config(p.distill, cfg.fine_tune)
-    dev = data.splits.get("dev") if ft.select_best else None
-    if dev is not None and dev.labels is None:
-        dev = None
-    teacher = prepare_teacher(
+    record = kd_fine_tune(
+        ctx,
+        student,
         t_info,
-        ft,
-        items,
-        ctx.work_dir,
-        allow_pickle=ctx.options.allow_pickle,
-        progress=ctx.options.progress,
-        log=ctx.log,
+        layer_map(ctx, t_info.num_layers, s_info.num_layers),
+        cfg.fine_tune,
+        after_step=lambda: apply_masks(student, masks),
+        label="sparse fine-tune",
     )
-    record: dict = {"steps": 0, "epochs_run": 0}
-    if ft.epochs > 0:
-        record = train_kd(
-            student,
-            teacher,
-            ft,
-            items,
-            ctx.work_dir,
-            layer_map=layer_map(ctx, t_info.num_layers, s_info.num_layers),
-            dev=dev,
-            after_step=lambda: apply_masks(student, masks),
-            progress=ctx.options.progress,
-            log=ctx.log,
-            label="sparse fine-tune",
-        )
     student.to(pick_device())
     apply_masks(student, masks)  # the best epoch's weights were saved masked; make sure
     bad = check_masks(student.cpu(), masks)
@@ -169,7 +133,9 @@ def run(ctx: StageContext) -> StageResult:
             f"sparsify: {len(bad)} layer(s) are not 2:4 after fine-tuning: {', '.join(bad[:3])}",
             fix="a kdeploy bug: please report it",
         )
-    out = save_student(student.cpu(), teacher, ctx.work_dir / "student")
+    out = save_model_dir(
+        student.cpu(), s_info, load_tokenizer(s_info.path), ctx.work_dir / "student"
+    )
     total = sum(x.in_features * x.out_features for x in layers)
     pruned = sum(int((~m).sum()) for m in masks.values())
     report = {
@@ -181,18 +147,7 @@ def run(ctx: StageContext) -> StageResult:
         "linear_weights_zero_fraction": round(pruned / total, 4),
     }
     (out / REPORT_FILE).write_text(json.dumps(report, indent=1))
-    for leftover in (
-        "checkpoint",
-        "best",
-        "teacher_targets.npy",
-        "teacher_targets.json",
-        MASKS_FILE,
-    ):
-        path = ctx.work_dir / leftover
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    remove_leftovers(ctx.work_dir, MASKS_FILE)
     ctx.log(
         f"2:4 on {len(sparse)}/{len(layers)} Linear layers, "
         f"{100 * report['linear_weights_zero_fraction']:.1f}% of Linear weights zero"

@@ -67,6 +67,18 @@ def tokenized_batches(
     ]
 
 
+def forward_loop(batches: list[dict]) -> Callable[[torch.nn.Module], None]:
+    """Run a model over calibration batches (what modelopt's calibration and SparseGPT's
+    Hessian collection call)."""
+
+    def loop(model: torch.nn.Module) -> None:
+        with torch.no_grad():
+            for b in batches:
+                model(**b)
+
+    return loop
+
+
 def fine_tune_config(cfg: DistillConfig, ft: FineTune) -> DistillConfig:
     """The distillation recipe (losses, batch, sequence length, seed) with the shorter
     schedule of a fine-tuning step (2:4 masks, QAT). Early stopping does not apply."""
@@ -415,12 +427,18 @@ def train_kd(
 
 def save_student(student: torch.nn.Module, teacher: Teacher, out_dir: Path) -> Path:
     """A loadable HF model dir (safetensors + tokenizer [+ sentence-transformers modules])."""
+    return save_model_dir(student, teacher.info, teacher.tokenizer, out_dir)
+
+
+def save_model_dir(model: torch.nn.Module, layout: ModelInfo, tokenizer, out_dir: Path) -> Path:
+    """``model`` + ``tokenizer`` saved as a HF model dir, with the sentence-transformers
+    modules (pooling, normalisation) of ``layout`` for embedding models."""
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    student.save_pretrained(str(tmp), safe_serialization=True)
-    teacher.tokenizer.save_pretrained(str(tmp))
-    if teacher.info.kind == "embedding":
-        write_sentence_transformers_layout(teacher.info, tmp, teacher.info.max_seq_length)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    if layout.kind == "embedding":
+        write_sentence_transformers_layout(layout, tmp, layout.max_seq_length)
     replace_dir(tmp, out_dir)
     return out_dir
 

@@ -59,12 +59,3 @@ def quantize_model(
             continue
         (quantized if getattr(wq, "is_enabled", False) else left).append(name)
     return {"quantized": quantized, "float": left}
-
-
-def forward_loop(batches: list[dict]) -> Callable[[torch.nn.Module], None]:
-    def loop(model: torch.nn.Module) -> None:
-        with torch.no_grad():
-            for b in batches:
-                model(**b)
-
-    return loop

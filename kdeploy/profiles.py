@@ -327,7 +327,7 @@ class ExportConfig(_Strict):
     qdq_atol: float = Field(
         default=0.05, gt=0, description="Max abs diff fake-quantized torch vs Q/DQ ONNX."
     )
-    qdq_min_cosine: float = Field(default=0.999, gt=0, le=1)
+    qdq_min_cosine: float = Field(default=0.995, gt=0, le=1)
     validation_texts: int = Field(default=64, ge=1)
 
 

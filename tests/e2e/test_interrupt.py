@@ -43,7 +43,7 @@ OVERRIDES = [*TINY_OVERRIDES, "distill.epochs=3"]
 # Files compared bit for bit between the interrupted+resumed and the uninterrupted run.
 COMPARED = ("distill/student", "export", "quantize", "package/deploy")
 
-STAGES = [s for s in ORDER if s != "build"]  # (build is the TensorRT stage: off on CPU)
+STAGES = [s for s in ORDER if s not in ("build", "sparsify")]  # (both off in cpu-int8)
 # (id, log line prefix that triggers SIGINT, stage the signal is meant to land in)
 POINTS = [
     ("distill-teacher-targets", "[distill] student keeps teacher layers", "distill"),

@@ -164,11 +164,17 @@ def modelopt_student(ctx: StageContext, out: Path) -> dict:
     torch.manual_seed(p.distill.seed)
     student = load_hf_model(s_info, allow_pickle=ctx.options.allow_pickle)
     masks = None
-    if "sparse_model" in ctx.inputs:  # QAT must not undo the zeros
+    if "sparse_model" in ctx.inputs:  # QAT must not undo the zeros: the same masks again
+        import json
+
+        from kdeploy.stages.sparsify import REPORT_FILE
+
+        report = json.loads((src / REPORT_FILE).read_text())
+        modules = dict(student.named_modules())
         masks = {
-            n: (m.weight.detach() != 0)
-            for n, m in student.named_modules()
-            if isinstance(m, torch.nn.Linear) and bool((m.weight == 0).any())
+            x["name"]: modules[x["name"]].weight.detach() != 0
+            for x in report["layers"]
+            if x["sparse"]
         }
     max_len = min(p.distill.max_seq_length, s_info.max_seq_length)
     tok = load_tokenizer(s_info.path)

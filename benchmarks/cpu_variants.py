@@ -13,6 +13,8 @@ Variants (each differs from `dyn-s8-pc` in one respect):
   dyn-matmul          ... MatMul only (embeddings' Gather stays fp32)
   dyn-pre             ... after onnxruntime.quantization.quant_pre_process
   fused+dyn           ORT transformer optimizer (attention/LayerNorm/GELU fusion), then dyn
+  dyn-pre-matmul      dyn-pre and dyn-matmul together
+  fused+dyn-matmul    fused+dyn with the embeddings left fp32 (MatMul and Attention only)
   static-qop-u8s8     static (calibrated on 256 train texts), QOperator, u8 activations
   static-qdq-s8s8     static, QDQ, s8 activations (what TensorRT wants; shows CPU cost)
 """
@@ -66,6 +68,9 @@ def build_variants(src: Path, work: Path, calib: list[str], tok: Path, max_len: 
         optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=hidden,
                        opt_level=1).save_model_to_file(str(fused))
     dyn("fused+dyn", fused, per_channel=True)
+    dyn("dyn-pre-matmul", pre, per_channel=True, op_types_to_quantize=["MatMul"])
+    dyn("fused+dyn-matmul", fused, per_channel=True,
+        op_types_to_quantize=["MatMul", "Attention"])
 
     enc = TextEncoder(tok, max_len)
 
@@ -109,6 +114,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--only", nargs="+", default=None, help="measure only these variants")
     args = ap.parse_args()
 
     view = open_run(args.run)
@@ -126,6 +132,8 @@ def main() -> None:
     variants = build_variants(sdir / card.model_file, args.work or args.run / "variants",
                               data.splits["train"].texts()[:256], tok, card.max_seq_length,
                               cfg["num_attention_heads"], cfg["hidden_size"])
+    if args.only:
+        variants = {k: v for k, v in variants.items() if k in args.only}
     if "teacher_int8" in view.models:
         tdir = view.models["teacher_int8"]
         variants = {"teacher optimum dyn-INT8": tdir / "model.onnx", **variants}

@@ -282,3 +282,37 @@ def test_profiles_validate_the_modelopt_methods():
     assert p.quantize.in_torch and not load_profile("cpu-int8").profile.quantize.in_torch
     with pytest.raises(ProfileError, match="sparsify.method"):
         load_profile("cpu-int8", ["sparsify.method=obs"])
+
+
+def test_either_compression_alone(tiny_run_copy, tiny_bert, stsb_small):
+    """A profile may use sparsify without INT8 (the sparse student is deployed) or QAT
+    without sparsify (every GEMM INT8, none 2:4); the pipeline's order is fixed."""
+    from kdeploy.stages import ORDER
+
+    assert ORDER.index("sparsify") < ORDER.index("export") < ORDER.index("quantize")
+    qat_only = [x for x in SPARSE_QAT if not x.startswith("sparsify.")]
+    req = RunRequest(
+        profile=load_profile("cpu-int8", qat_only),
+        model_dir=tiny_bert,
+        data_dir=stsb_small,
+        out_dir=tiny_run_copy,
+        options=RunOptions(progress=False),
+    )
+    res = run_pipeline(req, log=lambda m: None)
+    assert "distill" in res.reused and "sparsify" in res.skipped and "quantize" in res.ran
+    layers = gemm_layers(tiny_run_copy / "quantize" / "student" / "model.onnx")
+    assert layers and all(x.weight_bits == 8 and not x.is_2to4 for x in layers)
+    sparse_only = [
+        *TINY_OVERRIDES,
+        "sparsify.enabled=true",
+        "sparsify.min_features=8",
+        "target.precision=fp32",
+        "quantize.enabled=false",
+    ]
+    req.profile = load_profile("cpu-int8", sparse_only)
+    res = run_pipeline(req, log=lambda m: None)
+    assert "quantize" in res.skipped and "sparsify" in res.ran
+    verify = json.loads((tiny_run_copy / "verify" / "verify.json").read_text())
+    assert verify["deploy"] == "student_sparse"
+    deployed = gemm_layers(tiny_run_copy / "package" / "deploy" / "model.onnx")
+    assert deployed and all(x.is_2to4 and x.weight_bits == 32 for x in deployed)

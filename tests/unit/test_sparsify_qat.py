@@ -316,3 +316,25 @@ def test_either_compression_alone(tiny_run_copy, tiny_bert, stsb_small):
     assert verify["deploy"] == "student_sparse"
     deployed = gemm_layers(tiny_run_copy / "package" / "deploy" / "model.onnx")
     assert deployed and all(x.is_2to4 and x.weight_bits == 32 for x in deployed)
+
+
+def test_classifier_teacher_through_sparsify_and_qat(tmp_path, tiny_classifier, sst2_small):
+    """Sequence classifiers take the same path: logit KD in both fine-tunings, the head
+    and pooler stay dense and float, the Q/DQ logits graph is lint-clean."""
+    out = tmp_path / "run"
+    run(tiny_classifier, sst2_small, out, until_stage="verify")
+    m = load_manifest(out)
+    dense = m.stages["sparsify"].metrics["dense_layers"]
+    assert set(dense) == {"bert.pooler.dense", "classifier"}
+    q = m.stages["quantize"].metrics["student"]
+    assert set(q["float_layers"]) == {"bert.pooler.dense", "classifier"}
+    assert "logit_kd" in q["fine_tune"]["losses"]
+    int8 = out / "quantize" / "student" / "model.onnx"
+    assert lint_qdq(int8) == []
+    layers = gemm_layers(int8)
+    encoder = [x for x in layers if "encoder" in x.node]
+    assert len(encoder) == 12 and all(x.is_2to4 and x.weight_bits == 8 for x in encoder)
+    head = [x for x in layers if "classifier" in x.node or "pooler" in x.node]
+    assert head and all(x.weight_bits == 32 and not x.is_2to4 for x in head)
+    verify = json.loads((out / "verify" / "verify.json").read_text())
+    assert verify["models"]["student_int8"]["metric"] == "accuracy"

@@ -1,16 +1,40 @@
-"""Cut a student out of a teacher: keep k transformer layers, inherit their weights."""
+"""Cut a student out of a teacher: keep k transformer layers, inherit their weights, and
+optionally slice it to a narrower hidden and/or feed-forward width.
+
+Narrowing *slices* the inherited weights (keeps a subset of rows/columns) rather than
+projecting them (multiplying by a learned or PCA matrix): a sliced weight is exactly a part
+of the teacher's, so every kept unit starts computing what it computed in the teacher, and
+the sliced student at full width is the teacher (a test checks that). What is kept:
+
+- FFN neurons, per layer: the ones with the largest ``||W_in[j, :]|| * ||W_out[:, j]||``,
+  a bound on how much neuron j can write into the residual stream. A neuron whose output
+  column is zero is dropped first, and dropping it changes nothing.
+- Attention heads, per layer, whole (head width unchanged, so ``hidden_size`` must be a
+  multiple of it): the ones with the largest ``||W_V[h]|| * ||W_O[:, h]||``, the value ->
+  output path that carries what a head writes; query and key only shape the attention
+  pattern (a convex combination), not the size of the head's contribution.
+- Hidden (residual-stream) dims: one set for the whole model, used consistently for the
+  embeddings, every LayerNorm and every Linear that reads or writes the residual stream
+  (and the pooler / classification head). A dim's importance is its share of each such
+  weight's squared norm (normalised so every weight has the same say), summed over all of
+  them; this keeps the few "outlier" dims that BERT-family LayerNorms scale up.
+
+All of it is weight-only: no data are needed and the choice is deterministic.
+"""
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from kdeploy.errors import ModelError
-from kdeploy.model_info import ModelInfo
+from kdeploy.model_info import ModelInfo, width_problem
 
 
 def select_layers(
@@ -60,7 +84,23 @@ def encoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     return layers
 
 
-def make_student(teacher: torch.nn.Module, keep: list[int]) -> torch.nn.Module:
+def make_student(
+    teacher: torch.nn.Module,
+    keep: list[int],
+    *,
+    hidden_size: int | None = None,
+    intermediate_size: int | None = None,
+) -> torch.nn.Module:
+    """A copy of the teacher holding only the layers in ``keep`` (weights inherited), sliced
+    to ``hidden_size`` / ``intermediate_size`` when given (see the module docstring)."""
+    student = cut_layers(teacher, keep)
+    if hidden_size is None and intermediate_size is None:
+        return student
+    plan = width_plan(student, hidden_size, intermediate_size)
+    return slice_model(student, plan)
+
+
+def cut_layers(teacher: torch.nn.Module, keep: list[int]) -> torch.nn.Module:
     """A deep copy of the teacher holding only the layers in ``keep`` (weights inherited)."""
     student = copy.deepcopy(teacher)
     layers = encoder_layers(student)
@@ -74,16 +114,202 @@ def make_student(teacher: torch.nn.Module, keep: list[int]) -> torch.nn.Module:
     return student
 
 
+@dataclass
+class WidthPlan:
+    """The units a narrower student keeps, as sorted indices into the teacher's weights."""
+
+    hidden: torch.Tensor  # residual-stream dims, shared by the whole model
+    heads: list[torch.Tensor]  # per layer: attention heads
+    ffn: list[torch.Tensor]  # per layer: feed-forward neurons
+    head_dim: int
+
+    @property
+    def hidden_size(self) -> int:
+        return len(self.hidden)
+
+    @property
+    def intermediate_size(self) -> int:
+        return len(self.ffn[0])
+
+
+def _layer_linears(layer: torch.nn.Module) -> dict[str, torch.nn.Linear]:
+    """The Linears of one BERT-family encoder layer, by role."""
+    return {
+        "query": layer.attention.self.query,
+        "key": layer.attention.self.key,
+        "value": layer.attention.self.value,
+        "attn_out": layer.attention.output.dense,
+        "ffn_in": layer.intermediate.dense,
+        "ffn_out": layer.output.dense,
+    }
+
+
+def ffn_importance(layer: torch.nn.Module) -> torch.Tensor:
+    """Per FFN neuron: ||row of the input weight|| * ||column of the output weight||."""
+    lin = _layer_linears(layer)
+    w_in, w_out = lin["ffn_in"].weight.detach(), lin["ffn_out"].weight.detach()
+    return w_in.norm(dim=1) * w_out.norm(dim=0)
+
+
+def head_importance(layer: torch.nn.Module, head_dim: int) -> torch.Tensor:
+    """Per attention head: ||its value rows|| * ||its attention-output columns||."""
+    lin = _layer_linears(layer)
+    w_v, w_o = lin["value"].weight.detach(), lin["attn_out"].weight.detach()
+    n = w_v.shape[0] // head_dim
+    v = w_v.reshape(n, head_dim, -1).pow(2).sum((1, 2)).sqrt()
+    o = w_o.reshape(w_o.shape[0], n, head_dim).pow(2).sum((0, 2)).sqrt()
+    return v * o
+
+
+# Per-dimension roles of the weights of a BERT-family encoder layer (matched in this order:
+# ".attention.output.dense." also ends in ".output.dense.").
+_LAYER_ROLES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (".attention.self.query.", ("heads", "hidden")),
+    (".attention.self.key.", ("heads", "hidden")),
+    (".attention.self.value.", ("heads", "hidden")),
+    (".attention.output.dense.", ("hidden", "heads")),
+    (".intermediate.dense.", ("ffn", "hidden")),
+    (".output.dense.", ("hidden", "ffn")),
+)
+_LAYER_INDEX = re.compile(r"\.layer\.(\d+)\.")
+
+
+def dim_roles(name: str, shape: tuple[int, ...], width: int) -> tuple[str | None, ...]:
+    """What each dim of parameter ``name`` indexes: 'hidden', 'heads', 'ffn' or None.
+
+    The encoder layers' Linears and the embedding tables are named; everything else
+    (LayerNorms, pooler, classification head, ELECTRA's embedding projection) indexes the
+    residual stream in every dim whose size is the hidden ``width``.
+    """
+    if _LAYER_INDEX.search(name):
+        for part, roles in _LAYER_ROLES:
+            if part in name:
+                return roles[: len(shape)]
+    if name.endswith("_embeddings.weight"):  # [vocab or positions, width (or ELECTRA's E)]
+        return (None, "hidden" if shape[1] == width else None)
+    return tuple("hidden" if n == width else None for n in shape)
+
+
+def hidden_importance(model: torch.nn.Module) -> torch.Tensor:
+    """Per hidden dim: its share of the squared norm of every weight that touches the
+    residual stream (each weight's shares sum to ``width``), summed over those weights."""
+    width = model.config.hidden_size
+    score = torch.zeros(width, dtype=torch.float64)
+    for name, param in model.state_dict().items():
+        if not name.endswith("weight"):
+            continue
+        w = param.detach().double().pow(2)
+        for d, role in enumerate(dim_roles(name, tuple(w.shape), width)):
+            if role != "hidden":
+                continue
+            per_dim = w.sum(tuple(i for i in range(w.dim()) if i != d))
+            total = per_dim.sum()
+            if total > 0:
+                score += per_dim * (width / total)
+    return score
+
+
+def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest scores, in ascending index order (ties: lower index)."""
+    order = torch.argsort(-scores, stable=True)
+    return torch.sort(order[:k]).values
+
+
+def width_plan(
+    model: torch.nn.Module, hidden_size: int | None, intermediate_size: int | None
+) -> WidthPlan:
+    """Which hidden dims, heads and FFN neurons a student of these widths keeps."""
+    cfg = model.config
+    problem = width_problem(
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.intermediate_size,
+        hidden=hidden_size,
+        ffn=intermediate_size,
+    )
+    if problem is not None:
+        raise ModelError(problem[1], fix=problem[2])
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    hidden = hidden_size or cfg.hidden_size
+    ffn = intermediate_size or cfg.intermediate_size
+    layers = encoder_layers(model)
+    return WidthPlan(
+        hidden=_top(hidden_importance(model), hidden),
+        heads=[_top(head_importance(layer, head_dim), hidden // head_dim) for layer in layers],
+        ffn=[_top(ffn_importance(layer), ffn) for layer in layers],
+        head_dim=head_dim,
+    )
+
+
+def _narrow_config(config, plan: WidthPlan):
+    cfg = copy.deepcopy(config)
+    if getattr(cfg, "embedding_size", None) == cfg.hidden_size:  # ELECTRA: no projection
+        cfg.embedding_size = plan.hidden_size
+    cfg.hidden_size = plan.hidden_size
+    cfg.num_attention_heads = plan.hidden_size // plan.head_dim
+    cfg.intermediate_size = plan.intermediate_size
+    return cfg
+
+
+def _indices(plan: WidthPlan, role: str, name: str) -> torch.Tensor:
+    if role == "hidden":
+        return plan.hidden
+    match = _LAYER_INDEX.search(name)
+    if match is None:
+        raise ModelError(f"cannot slice {name}: '{role}' dims outside an encoder layer")
+    layer = int(match.group(1))
+    if role == "ffn":
+        return plan.ffn[layer]
+    heads = plan.heads[layer]
+    return (heads[:, None] * plan.head_dim + torch.arange(plan.head_dim)).reshape(-1)
+
+
+def slice_tensor(name: str, tensor: torch.Tensor, width: int, plan: WidthPlan) -> torch.Tensor:
+    """``tensor`` (the teacher's ``name``) restricted to the units ``plan`` keeps."""
+    out = tensor
+    for d, role in enumerate(dim_roles(name, tuple(tensor.shape), width)):
+        if role is not None:
+            out = out.index_select(d, _indices(plan, role, name).to(out.device))
+    return out
+
+
+def slice_model(model: torch.nn.Module, plan: WidthPlan) -> torch.nn.Module:
+    """A new model of ``model``'s class and the plan's widths, holding the kept weights."""
+    width = model.config.hidden_size
+    student = type(model)(_narrow_config(model.config, plan))
+    source = model.state_dict()
+    sliced = {}
+    for name, want in student.state_dict().items():
+        if name not in source:
+            raise ModelError(f"cannot slice {type(model).__name__}: no teacher weight {name}")
+        got = slice_tensor(name, source[name], width, plan)
+        if got.shape != want.shape:
+            raise ModelError(
+                f"cannot slice {type(model).__name__}: {name} sliced to {tuple(got.shape)}, "
+                f"the student needs {tuple(want.shape)}",
+                fix="narrow students support BERT-family layouts (bert, roberta, electra)",
+            )
+        sliced[name] = got.clone()
+    student.load_state_dict(sliced, strict=True)
+    student.to(next(model.parameters()).device)
+    student.train(model.training)
+    return student
+
+
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
 
-def write_sentence_transformers_layout(info: ModelInfo, out_dir: Path, max_seq_length: int) -> None:
+def write_sentence_transformers_layout(
+    info: ModelInfo, out_dir: Path, max_seq_length: int, hidden_size: int | None = None
+) -> None:
     """Make ``out_dir`` loadable by sentence-transformers with the teacher's pooling.
 
     Copies the teacher's module files when it is a sentence-transformers model, else writes
-    Transformer + mean Pooling modules.
+    Transformer + mean Pooling modules. ``hidden_size`` is the student's width (default:
+    the teacher's); the Pooling module is told it.
     """
     src = info.path
+    width = hidden_size or info.hidden_size
     if info.sentence_transformers:
         modules = json.loads((src / "modules.json").read_text())
         for name in ST_FILES:
@@ -93,6 +319,12 @@ def write_sentence_transformers_layout(info: ModelInfo, out_dir: Path, max_seq_l
             sub = m.get("path") or ""
             if sub and (src / sub).is_dir():
                 shutil.copytree(src / sub, out_dir / sub, dirs_exist_ok=True)
+            pcfg = out_dir / sub / "config.json"
+            is_pooling = str(m.get("type", "")).endswith("Pooling")
+            if sub and is_pooling and pcfg.is_file() and width != info.hidden_size:
+                pooling = json.loads(pcfg.read_text())
+                pooling["word_embedding_dimension"] = width
+                pcfg.write_text(json.dumps(pooling, indent=2))
     else:
         modules = [
             {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -106,7 +338,7 @@ def write_sentence_transformers_layout(info: ModelInfo, out_dir: Path, max_seq_l
         (out_dir / "modules.json").write_text(json.dumps(modules, indent=2))
         (out_dir / "1_Pooling").mkdir(exist_ok=True)
         pooling = {
-            "word_embedding_dimension": info.hidden_size,
+            "word_embedding_dimension": width,
             "pooling_mode_cls_token": info.pooling == "cls",
             "pooling_mode_mean_tokens": info.pooling == "mean",
             "pooling_mode_max_tokens": False,

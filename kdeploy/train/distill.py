@@ -400,6 +400,30 @@ def train_kd(
     }
 
 
+CALIBRATION_TEXTS = 1024
+
+
+def calibration_batches(
+    tokenizer,
+    items: Sequence[Item],
+    max_len: int,
+    device,
+    seed: int,
+    n: int = CALIBRATION_TEXTS,
+    batch_size: int = 64,
+) -> list[dict]:
+    """Model inputs for ``n`` training items drawn with ``seed``, batched by length: the
+    text on which a narrower student's units are chosen (``student.measure_importance``)."""
+    rng = np.random.default_rng([seed, 1])
+    pick = rng.choice(len(items), size=min(n, len(items)), replace=False)
+    chosen = [items[i] for i in pick]
+    order = np.argsort(_token_lengths(tokenizer, chosen, max_len), kind="stable")
+    return [
+        _tokenize(tokenizer, [chosen[i] for i in order[s : s + batch_size]], max_len, device)
+        for s in range(0, len(order), batch_size)
+    ]
+
+
 def make_projections(
     d_student: int,
     d_teacher: int,
@@ -410,7 +434,7 @@ def make_projections(
 ) -> torch.nn.ModuleDict | None:
     """Learned maps from the student's width to the teacher's, when they differ: one per
     hidden-state KD layer ("hidden") and one for the pooled embedding ("embedding"; the
-    embedding losses compare ``proj(student) `` with the teacher's vector). They train with
+    embedding losses compare ``proj(student)`` with the teacher's vector). They train with
     the student and are dropped afterwards: the exported student keeps its own width.
 
     ``student_dims[i]`` is the teacher dim that student dim i was sliced from; the maps then
@@ -482,7 +506,10 @@ def distill(
     student = cut_layers(teacher.model, keep)
     plan = None
     if hidden_size is not None or intermediate_size is not None:
-        plan = width_plan(student, hidden_size, intermediate_size)
+        batches = calibration_batches(
+            teacher.tokenizer, items, teacher.max_len, pick_device(), cfg.seed
+        )
+        plan = width_plan(student, hidden_size, intermediate_size, batches)
         student = slice_model(student, plan)
         log(
             f"student sliced to hidden {plan.hidden_size} ({len(plan.heads[0])} heads), "

@@ -62,7 +62,7 @@ def _logger(prefix: str, verbose: bool):
 
 
 def run_cell(model: Path, data: Path, out: Path, depth: int, losses: dict, extra: list[str],
-             log=lambda m: None, unlabeled: Path | None = None):
+             log=lambda m: None, unlabeled: Path | None = None, progress: bool = False):
     from kdeploy.pipeline import RunRequest, run_pipeline
     from kdeploy.profiles import load_profile
     from kdeploy.stages import RunOptions
@@ -72,7 +72,7 @@ def run_cell(model: Path, data: Path, out: Path, depth: int, losses: dict, extra
                  "verify.budgets={}", *extra]
     req = RunRequest(profile=load_profile("cpu-int8", overrides), model_dir=model,
                      data_dir=data, out_dir=out, until_stage="verify", unlabeled=unlabeled,
-                     options=RunOptions(progress=False))
+                     options=RunOptions(progress=progress))
     run_pipeline(req, log=log)  # budgets are cleared: no BudgetError
     verify = json.loads((out / "verify" / "verify.json").read_text())
     bench = json.loads((out / "bench" / "bench.json").read_text())
@@ -94,7 +94,8 @@ def main() -> None:
                     "(use it with --set, e.g. --tag h256 --set student.hidden_size=256)")
     ap.add_argument("--out", type=Path, default=Path("runs/sweep"))
     ap.add_argument("--json", type=Path, default=None, help="write all rows as JSON")
-    ap.add_argument("--verbose", action="store_true", help="print the pipeline's log lines")
+    ap.add_argument("--verbose", action="store_true",
+                    help="print the pipeline's log lines and progress bars")
     args = ap.parse_args()
 
     teachers = ["minilm", "sst2"] if args.teacher == "both" else [args.teacher]
@@ -106,7 +107,8 @@ def main() -> None:
                 cell = f"{t}-L{depth}-{ls}" + (f"-{args.tag}" if args.tag else "")
                 verify, bench, distill = run_cell(model, data, args.out / cell, depth,
                                                   LOSS_SETS[ls], args.extra,
-                                                  _logger(cell, args.verbose), args.unlabeled)
+                                                  _logger(cell, args.verbose), args.unlabeled,
+                                                  progress=args.verbose)
                 m = verify["models"]
                 deploy = verify["deploy"]
                 row = {

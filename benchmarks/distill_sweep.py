@@ -7,6 +7,11 @@ in the same run.
 
     python benchmarks/distill_sweep.py --teacher minilm --depths 2 3 4
     python benchmarks/distill_sweep.py --teacher sst2 --loss-sets logit logit+label
+    python benchmarks/distill_sweep.py --teacher minilm --depths 3 --loss-sets emb \
+        --set student.hidden_size=256 --tag h256
+
+A cell whose run dir is finished is reused (the pipeline's stage keys), so an interrupted
+sweep picks up where it stopped; --json is rewritten after every cell.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -49,7 +55,14 @@ def teacher_dir(name: str) -> tuple[Path, Path]:
     return DEFAULT_OUT, DATA / "sst2"
 
 
-def run_cell(model: Path, data: Path, out: Path, depth: int, losses: dict, extra: list[str]):
+def _logger(prefix: str, verbose: bool):
+    if not verbose:
+        return lambda m: None
+    return lambda m: print(f"{time.strftime('%H:%M:%S')} [{prefix}] {m}", flush=True)
+
+
+def run_cell(model: Path, data: Path, out: Path, depth: int, losses: dict, extra: list[str],
+             log=lambda m: None, unlabeled: Path | None = None, progress: bool = False):
     from kdeploy.pipeline import RunRequest, run_pipeline
     from kdeploy.profiles import load_profile
     from kdeploy.stages import RunOptions
@@ -58,9 +71,9 @@ def run_cell(model: Path, data: Path, out: Path, depth: int, losses: dict, extra
     overrides = [f"student.layers={depth}", f"distill.losses={loss_yaml}",
                  "verify.budgets={}", *extra]
     req = RunRequest(profile=load_profile("cpu-int8", overrides), model_dir=model,
-                     data_dir=data, out_dir=out, until_stage="verify",
-                     options=RunOptions(progress=False))
-    run_pipeline(req, log=lambda m: None)  # budgets are cleared: no BudgetError
+                     data_dir=data, out_dir=out, until_stage="verify", unlabeled=unlabeled,
+                     options=RunOptions(progress=progress))
+    run_pipeline(req, log=log)  # budgets are cleared: no BudgetError
     verify = json.loads((out / "verify" / "verify.json").read_text())
     bench = json.loads((out / "bench" / "bench.json").read_text())
     distill = json.loads((out / "distill" / "metrics.json").read_text())
@@ -75,8 +88,14 @@ def main() -> None:
     ap.add_argument("--loss-sets", nargs="+", choices=sorted(LOSS_SETS), default=None)
     ap.add_argument("--set", dest="extra", action="append", default=[],
                     help="extra profile override for every cell, e.g. distill.epochs=2")
+    ap.add_argument("--unlabeled", type=Path, default=None,
+                    help="extra unlabeled texts for distillation, one per line (all cells)")
+    ap.add_argument("--tag", default="", help="suffix of the cells' run dirs and rows "
+                    "(use it with --set, e.g. --tag h256 --set student.hidden_size=256)")
     ap.add_argument("--out", type=Path, default=Path("runs/sweep"))
     ap.add_argument("--json", type=Path, default=None, help="write all rows as JSON")
+    ap.add_argument("--verbose", action="store_true",
+                    help="print the pipeline's log lines and progress bars")
     args = ap.parse_args()
 
     teachers = ["minilm", "sst2"] if args.teacher == "both" else [args.teacher]
@@ -85,17 +104,25 @@ def main() -> None:
         model, data = teacher_dir(t)
         for depth in args.depths:
             for ls in args.loss_sets or DEFAULT_SETS[t]:
-                out = args.out / f"{t}-L{depth}-{ls}"
-                verify, bench, distill = run_cell(model, data, out, depth, LOSS_SETS[ls],
-                                                  args.extra)
+                cell = f"{t}-L{depth}-{ls}" + (f"-{args.tag}" if args.tag else "")
+                verify, bench, distill = run_cell(model, data, args.out / cell, depth,
+                                                  LOSS_SETS[ls], args.extra,
+                                                  _logger(cell, args.verbose), args.unlabeled,
+                                                  progress=args.verbose)
                 m = verify["models"]
                 deploy = verify["deploy"]
                 row = {
-                    "teacher": t, "layers": depth, "losses": ls,
+                    "teacher": t, "layers": depth, "losses": ls, "tag": args.tag,
+                    "overrides": args.extra,
+                    "unlabeled": None if args.unlabeled is None else str(args.unlabeled),
+                    "train_texts": distill["texts"],
+                    "width": f"{distill['hidden_size']}/{distill['intermediate_size']}",
                     "metric": m[deploy]["metric"],
+                    "split": verify["split"],
                     "teacher_value": m["teacher_fp32"]["value"],
                     "student_fp32": m["student_fp32"]["value"],
                     "student_int8": m.get("student_int8", {}).get("value"),
+                    "retention_fp32": m["student_fp32"]["retention"],
                     "retention_int8": m[deploy]["retention"],
                     "params_m": distill["student_params"] / 1e6,
                     "train_s": distill["train_seconds"],
@@ -106,18 +133,30 @@ def main() -> None:
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+                if args.json:
+                    args.json.write_text(json.dumps(rows, indent=2))
     print()
-    print("| teacher | layers | losses | metric | teacher | student fp32 | student int8 | "
-          "retention (int8) | params (M) | train s | teacher sent/s | student sent/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print(table(rows))
+
+
+def table(rows: list[dict]) -> str:
+    """The rows as a Markdown table (retention = student / teacher in the same run)."""
+    lines = [
+        "| teacher | layers | width (hidden/FFN) | losses | metric (split) | teacher | "
+        "student fp32 | student int8 | retention fp32 | retention int8 | params (M) | "
+        "best epoch | train s | teacher fp32 sent/s | student int8 sent/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        print(f"| {r['teacher']} | {r['layers']} | {r['losses']} | {r['metric']} | "
-              f"{r['teacher_value']:.2f} | {r['student_fp32']:.2f} | "
-              f"{(r['student_int8'] or float('nan')):.2f} | {100 * r['retention_int8']:.1f}% | "
-              f"{r['params_m']:.1f} | {r['train_s']:.0f} | {r['teacher_sps']:.0f} | "
-              f"{r['student_sps']:.0f} |")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        int8 = r["student_int8"]
+        lines.append(
+            f"| {r['teacher']} | {r['layers']} | {r['width']} | {r['losses']} | "
+            f"{r['metric']} ({r['split']}) | {r['teacher_value']:.2f} | {r['student_fp32']:.2f} | "
+            f"{'-' if int8 is None else f'{int8:.2f}'} | {100 * r['retention_fp32']:.1f}% | "
+            f"{100 * r['retention_int8']:.1f}% | {r['params_m']:.1f} | {r['best_epoch']} | "
+            f"{r['train_s']:.0f} | {r['teacher_sps']:.0f} | {r['student_sps']:.0f} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

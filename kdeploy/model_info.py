@@ -22,6 +22,8 @@ class ModelInfo:
     kind: str  # "embedding" | "classification"
     num_layers: int
     hidden_size: int
+    num_heads: int
+    intermediate_size: int
     max_positions: int
     pooling: str  # "mean" | "cls" (embedding models)
     normalize: bool
@@ -33,6 +35,11 @@ class ModelInfo:
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head (hidden_size / num_attention_heads)."""
+        return self.hidden_size // self.num_heads if self.num_heads else 0
 
 
 def _read_json(path: Path) -> dict:
@@ -142,6 +149,8 @@ def inspect_model(
         kind=kind,
         num_layers=int(cfg.get("num_hidden_layers", 0)),
         hidden_size=int(cfg.get("hidden_size", 0)),
+        num_heads=int(cfg.get("num_attention_heads", 0)),
+        intermediate_size=int(cfg.get("intermediate_size", 0)),
         max_positions=int(cfg.get("max_position_embeddings", 512)),
         pooling=pooling,
         normalize=normalize,
@@ -150,6 +159,55 @@ def inspect_model(
         sentence_transformers=st,
         max_seq_length=max_seq_length,
     )
+
+
+def width_problem(
+    teacher_hidden: int,
+    teacher_heads: int,
+    teacher_ffn: int,
+    *,
+    hidden: int | None,
+    ffn: int | None,
+) -> tuple[str, str, str] | None:
+    """(profile key, what is wrong, fix) when a student of these widths cannot be sliced
+    out of a teacher of those, else None. Whole attention heads are kept (head width
+    unchanged), so the hidden width must be a multiple of the teacher's head width."""
+    head = teacher_hidden // teacher_heads if teacher_heads else 0
+    if hidden is not None:
+        if hidden > teacher_hidden:
+            return (
+                "student.hidden_size",
+                f"student.hidden_size {hidden} is wider than the teacher's {teacher_hidden}",
+                f"set student.hidden_size to at most {teacher_hidden} (or null)",
+            )
+        if not head or hidden % head:
+            return (
+                "student.hidden_size",
+                f"student.hidden_size {hidden} is not a whole number of the teacher's "
+                f"attention heads ({teacher_heads} heads of width {head})",
+                f"use a multiple of {head}, e.g. {max(head, hidden - hidden % head)}",
+            )
+    if ffn is not None and ffn > teacher_ffn:
+        return (
+            "student.intermediate_size",
+            f"student.intermediate_size {ffn} is wider than the teacher's {teacher_ffn}",
+            f"set student.intermediate_size to at most {teacher_ffn} (or null)",
+        )
+    return None
+
+
+WIDTH_FREE_MODULES = ("Transformer", "Pooling", "Normalize")
+
+
+def width_bound_modules(path: Path) -> list[str]:
+    """sentence-transformers modules of the model at ``path`` (modules.json) after the
+    transformer whose weights are tied to its hidden width (e.g. Dense): a narrower student
+    cannot reuse them."""
+    modules = path / "modules.json"
+    if not modules.is_file():
+        return []
+    types = [str(m.get("type", "")) for m in _read_json(modules)]
+    return [t for t in types if not t.endswith(WIDTH_FREE_MODULES)]
 
 
 def default_model_dir() -> Path:

@@ -42,7 +42,13 @@ from kdeploy.fsutil import (
     digest_json,
 )
 from kdeploy.manifest import Manifest, StageRecord, load_manifest, make_artifact, utcnow
-from kdeploy.model_info import TASK_FOR_KIND, ModelInfo, inspect_model
+from kdeploy.model_info import (
+    TASK_FOR_KIND,
+    ModelInfo,
+    inspect_model,
+    width_bound_modules,
+    width_problem,
+)
 from kdeploy.profiles import LoadedProfile, dump_profile, locate_key
 from kdeploy.stages import ORDER, RunOptions, StageContext, load_stage
 
@@ -244,6 +250,46 @@ def check_task_fit(teacher: ModelInfo, data: TaskData) -> None:
         )
 
 
+def _check_student_depth(teacher: ModelInfo, req: RunRequest) -> None:
+    n, st = teacher.num_layers, req.profile.profile.student
+    bad = [i for i in st.keep or [] if i >= n]
+    if st.layers > n or bad:
+        key = "student.layers" if st.layers > n else "student.keep"
+        what = (
+            f"the student asks for {st.layers} layers but the teacher {teacher.path} has only {n}"
+            if st.layers > n
+            else f"student.keep names layers {bad} but the teacher has layers 0..{n - 1}"
+        )
+        raise ProfileError(
+            what,
+            where=locate_key(req.profile, key),
+            fix=f"keep at most {n} layers, indices 0..{n - 1}",
+        )
+
+
+def _check_student_width(teacher: ModelInfo, req: RunRequest) -> None:
+    st = req.profile.profile.student
+    problem = width_problem(
+        teacher.hidden_size,
+        teacher.num_heads,
+        teacher.intermediate_size,
+        hidden=st.hidden_size,
+        ffn=st.intermediate_size,
+    )
+    narrower = st.hidden_size is not None and st.hidden_size != teacher.hidden_size
+    bound = width_bound_modules(teacher.path) if narrower else []
+    if problem is None and bound:
+        problem = (
+            "student.hidden_size",
+            f"the teacher's sentence-transformers modules {bound} are tied to its hidden "
+            f"width {teacher.hidden_size}; a student of width {st.hidden_size} cannot use them",
+            "leave student.hidden_size unset (null) for this teacher",
+        )
+    if problem is not None:
+        key, what, fix = problem
+        raise ProfileError(f"{what} ({teacher.path})", where=locate_key(req.profile, key), fix=fix)
+
+
 def check_profile_fit(teacher: ModelInfo, req: RunRequest, data: TaskData) -> None:
     """Profile values that must fit this teacher and these data, checked before anything
     is written: a mismatch found after an hour of distillation is an hour lost."""
@@ -264,21 +310,8 @@ def check_profile_fit(teacher: ModelInfo, req: RunRequest, data: TaskData) -> No
                 f"{'[' + str(limit) + ']' if key.startswith('bench') else limit})",
             )
     if profile.distill.enabled:
-        n, st = teacher.num_layers, profile.student
-        bad = [i for i in st.keep or [] if i >= n]
-        if st.layers > n or bad:
-            key = "student.layers" if st.layers > n else "student.keep"
-            what = (
-                f"the student asks for {st.layers} layers but the teacher {teacher.path} has "
-                f"only {n}"
-                if st.layers > n
-                else f"student.keep names layers {bad} but the teacher has layers 0..{n - 1}"
-            )
-            raise ProfileError(
-                what,
-                where=locate_key(req.profile, key),
-                fix=f"keep at most {n} layers, indices 0..{n - 1}",
-            )
+        _check_student_depth(teacher, req)
+        _check_student_width(teacher, req)
     eval_plan(profile.verify, data.eval_split(profile.verify.eval_split))
     if profile.distill.enabled and not any(t.strip() for t in data.splits["train"].texts()):
         train = data.splits["train"].path

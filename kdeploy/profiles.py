@@ -100,6 +100,22 @@ class StudentConfig(_Strict):
         "explicit: the indices in 'keep'.",
     )
     keep: list[int] | None = Field(default=None, description="Teacher layer indices (explicit).")
+    hidden_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=16384,
+        description="Student hidden width (None = the teacher's). Whole attention heads are "
+        "kept (head width unchanged), so it must be a multiple of the teacher's head width "
+        "and at most the teacher's hidden size; the inherited weights are sliced to the most "
+        "important hidden dims and heads.",
+    )
+    intermediate_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=65536,
+        description="Student feed-forward width (None = the teacher's), at most the "
+        "teacher's; each layer keeps its FFN neurons with the largest weight norms.",
+    )
 
     @model_validator(mode="after")
     def _keep_matches(self) -> StudentConfig:
@@ -147,6 +163,10 @@ class LossWeights(_Strict):
         if not any(v > 0 for v in self.model_dump().values()):
             raise ValueError("at least one distillation loss needs a weight > 0")
         return self
+
+    def uses_embedding(self) -> bool:
+        """An embedding loss is on (it compares pooled vectors of both models)."""
+        return self.embedding_mse > 0 or self.embedding_cosine > 0
 
     def needs_teacher_online(self) -> bool:
         """Token-level losses need the teacher's inner states for every batch."""

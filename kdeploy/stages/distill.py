@@ -158,6 +158,8 @@ def run(ctx: StageContext) -> StageResult:
         items,
         ctx.work_dir,
         dev=dev,
+        hidden_size=p.student.hidden_size,
+        intermediate_size=p.student.intermediate_size,
         allow_pickle=ctx.options.allow_pickle,
         progress=ctx.options.progress,
         log=ctx.log,

@@ -30,7 +30,12 @@ from kdeploy.profiles import DistillConfig, FineTune
 from kdeploy.train.evaluate import pool, score
 from kdeploy.train.kd import Outputs, applicable_losses, total_loss
 from kdeploy.train.loading import load_hf_model, load_tokenizer, pick_device
-from kdeploy.train.student import make_student, write_sentence_transformers_layout
+from kdeploy.train.student import (
+    cut_layers,
+    slice_model,
+    width_plan,
+    write_sentence_transformers_layout,
+)
 
 # (text, paired text or None, gold label or None)
 Item = tuple[str, str | None, int | None]
@@ -251,12 +256,15 @@ def train_kd(
     progress: bool = True,
     log: Callable[[str], None] = print,
     label: str = "distill",
+    student_dims: torch.Tensor | None = None,
 ) -> dict:
     """Train ``student`` to imitate ``teacher`` with the profile's losses.
 
     Checkpoints every epoch into ``work_dir/checkpoint`` and resumes from it; scores dev
     after each epoch when ``cfg.select_best`` and leaves the best epoch's weights loaded.
     ``after_step`` runs after every optimizer step (e.g. to re-apply sparsity masks).
+    A student narrower than the teacher trains learned projections to the teacher's width
+    (``make_projections``; ``student_dims`` initialises them), which are not part of it.
     Returns the training record (history, best epoch, steps, seconds).
     """
     device = pick_device()
@@ -282,12 +290,15 @@ def train_kd(
         for name, module in student.named_modules():
             if isinstance(module, torch.nn.Dropout) and name.endswith("attention.self.dropout"):
                 module.p = 0.0
-    d_s, d_t = student.config.hidden_size, info.hidden_size
-    projections = None
-    if want_hidden and d_s != d_t:
-        projections = torch.nn.ModuleList(
-            [torch.nn.Linear(d_s, d_t, bias=False) for _ in layer_map]
-        ).to(device)
+    projections = make_projections(
+        student.config.hidden_size,
+        info.hidden_size,
+        hidden_layers=len(layer_map) if want_hidden else 0,
+        embedding=info.kind == "embedding" and cfg.losses.uses_embedding(),
+        student_dims=student_dims,
+    )
+    if projections is not None:
+        projections.to(device)
     lengths = _token_lengths(tokenizer, items, max_len)
     labels_all = torch.tensor([-1 if x[2] is None else int(x[2]) for x in items])
     steps_per_epoch = math.ceil(len(items) / cfg.batch_size)
@@ -365,7 +376,8 @@ def train_kd(
                 mask=batch["attention_mask"],
                 labels=labels_all[idx].to(device),
                 layer_map=layer_map,
-                projections=projections,
+                projections=None if projections is None else projections["hidden"],
+                embedding_projection=(None if projections is None else projections["embedding"]),
             )
             optim.zero_grad(set_to_none=True)
             loss.backward()
@@ -425,6 +437,67 @@ def train_kd(
     }
 
 
+CALIBRATION_TEXTS = 1024
+
+
+def calibration_batches(
+    tokenizer,
+    items: Sequence[Item],
+    max_len: int,
+    device,
+    seed: int,
+    n: int = CALIBRATION_TEXTS,
+    batch_size: int = 64,
+) -> list[dict]:
+    """Model inputs for ``n`` training items drawn with ``seed``, batched by length: the
+    text on which a narrower student's units are chosen (``student.measure_importance``)."""
+    rng = np.random.default_rng([seed, 1])
+    pick = rng.choice(len(items), size=min(n, len(items)), replace=False)
+    chosen = [items[i] for i in pick]
+    order = np.argsort(_token_lengths(tokenizer, chosen, max_len), kind="stable")
+    return [
+        _tokenize(tokenizer, [chosen[i] for i in order[s : s + batch_size]], max_len, device)
+        for s in range(0, len(order), batch_size)
+    ]
+
+
+def make_projections(
+    d_student: int,
+    d_teacher: int,
+    *,
+    hidden_layers: int,
+    embedding: bool,
+    student_dims: torch.Tensor | None = None,
+) -> torch.nn.ModuleDict | None:
+    """Learned maps from the student's width to the teacher's, when they differ: one per
+    hidden-state KD layer ("hidden") and one for the pooled embedding ("embedding"; the
+    embedding losses compare ``proj(student)`` with the teacher's vector). They train with
+    the student and are dropped afterwards: the exported student keeps its own width.
+
+    ``student_dims[i]`` is the teacher dim that student dim i was sliced from; the maps then
+    start as that embedding (identity on the kept dims, zero elsewhere), else at random.
+    """
+    if d_student == d_teacher or not (hidden_layers or embedding):
+        return None
+
+    def linear() -> torch.nn.Linear:
+        lin = torch.nn.Linear(d_student, d_teacher, bias=False)
+        if student_dims is not None:
+            with torch.no_grad():
+                lin.weight.zero_()
+                lin.weight[student_dims, torch.arange(d_student)] = 1.0
+        return lin
+
+    return torch.nn.ModuleDict(
+        {
+            "hidden": torch.nn.ModuleList([linear() for _ in range(hidden_layers)])
+            if hidden_layers
+            else None,
+            "embedding": linear() if embedding else None,
+        }
+    )
+
+
 def save_student(student: torch.nn.Module, teacher: Teacher, out_dir: Path) -> Path:
     """A loadable HF model dir (safetensors + tokenizer [+ sentence-transformers modules])."""
     return save_model_dir(student, teacher.info, teacher.tokenizer, out_dir)
@@ -438,7 +511,9 @@ def save_model_dir(model: torch.nn.Module, layout: ModelInfo, tokenizer, out_dir
     model.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
     if layout.kind == "embedding":
-        write_sentence_transformers_layout(layout, tmp, layout.max_seq_length)
+        write_sentence_transformers_layout(
+            layout, tmp, layout.max_seq_length, model.config.hidden_size
+        )
     replace_dir(tmp, out_dir)
     return out_dir
 
@@ -451,11 +526,14 @@ def distill(
     work_dir: Path,
     *,
     dev: Split | None = None,
+    hidden_size: int | None = None,
+    intermediate_size: int | None = None,
     allow_pickle: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> DistillOutcome:
-    """Student = teacher layers ``keep`` (weights inherited), trained with KD."""
+    """Student = teacher layers ``keep`` (weights inherited), sliced to ``hidden_size`` /
+    ``intermediate_size`` when given, trained with KD."""
     torch.manual_seed(cfg.seed)
     teacher = prepare_teacher(
         info,
@@ -468,7 +546,18 @@ def distill(
         log=log,
     )
     assert teacher.model is not None
-    student = make_student(teacher.model, keep)
+    student = cut_layers(teacher.model, keep)
+    plan = None
+    if hidden_size is not None or intermediate_size is not None:
+        batches = calibration_batches(
+            teacher.tokenizer, items, teacher.max_len, pick_device(), cfg.seed
+        )
+        plan = width_plan(student, hidden_size, intermediate_size, batches)
+        student = slice_model(student, plan)
+        log(
+            f"student sliced to hidden {plan.hidden_size} ({len(plan.heads[0])} heads), "
+            f"feed-forward {plan.intermediate_size}"
+        )
     if not cfg.losses.needs_teacher_online():
         teacher.model = None
     layer_map = list(cfg.layer_map) if cfg.layer_map is not None else list(keep)
@@ -482,12 +571,15 @@ def distill(
         dev=dev,
         progress=progress,
         log=log,
+        student_dims=None if plan is None else plan.hidden,
     )
     out_dir = save_student(student, teacher, work_dir / "student")
     return DistillOutcome(
         student_dir=out_dir,
         metrics={
             "kept_layers": keep,
+            "hidden_size": student.config.hidden_size,
+            "intermediate_size": student.config.intermediate_size,
             **record,
             "student_params": sum(p.numel() for p in student.parameters()),
             "teacher_params": teacher.params,

@@ -1,7 +1,8 @@
 """Distillation losses. Each takes student/teacher tensors and returns a scalar.
 
 - embedding: MSE and cosine between pooled sentence embeddings (sentence-transformers'
-  MSELoss distillation, Reimers & Gurevych 2020)
+  MSELoss distillation, Reimers & Gurevych 2020), through a learned linear projection when
+  the student is narrower
 - logits: KL between temperature-softened distributions, scaled by T^2 (Hinton et al. 2015),
   and cross-entropy with gold labels where a row has one
 - hidden states: MSE between student layer i and teacher layer m(i), padding masked out,
@@ -100,17 +101,28 @@ def total_loss(
     labels: torch.Tensor | None,
     layer_map: list[int],
     projections: torch.nn.ModuleList | None = None,
+    embedding_projection: torch.nn.Module | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted sum of the enabled losses that apply to ``kind``; also each part's value."""
+    """Weighted sum of the enabled losses that apply to ``kind``; also each part's value.
+
+    ``projections[i]`` maps student layer i's hidden states and ``embedding_projection``
+    the pooled embedding to the teacher's width (students narrower than the teacher).
+    """
     w = cfg.losses
     parts: dict[str, torch.Tensor] = {}
     if kind == "embedding":
-        if w.embedding_mse > 0:
-            parts["embedding_mse"] = w.embedding_mse * embedding_mse(student.pooled, target)
-        if w.embedding_cosine > 0:
-            parts["embedding_cosine"] = w.embedding_cosine * embedding_cosine(
-                student.pooled, target
+        pooled = student.pooled
+        if embedding_projection is not None:
+            pooled = embedding_projection(pooled)
+        if pooled.shape != target.shape:
+            raise ValueError(
+                f"student embeddings {tuple(pooled.shape)} vs teacher's {tuple(target.shape)}: "
+                "a narrower student needs an embedding_projection"
             )
+        if w.embedding_mse > 0:
+            parts["embedding_mse"] = w.embedding_mse * embedding_mse(pooled, target)
+        if w.embedding_cosine > 0:
+            parts["embedding_cosine"] = w.embedding_cosine * embedding_cosine(pooled, target)
     else:
         if w.logit_kd > 0:
             parts["logit_kd"] = w.logit_kd * logit_kd(student.pooled, target, cfg.temperature)

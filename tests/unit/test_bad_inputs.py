@@ -101,6 +101,23 @@ class Env:
             (d / "config.json").write_text(json.dumps(cfg))
         return d
 
+    def dense_st_model(self) -> Path:
+        """The tiny BERT as a sentence-transformers model with a Dense module after pooling
+        (its weights are tied to the hidden width)."""
+        d = self.model()
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling",
+             "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Dense",
+             "type": "sentence_transformers.models.Dense"},
+        ]  # fmt: skip
+        (d / "modules.json").write_text(json.dumps(modules))
+        (d / "1_Pooling").mkdir()
+        (d / "1_Pooling" / "config.json").write_text(json.dumps(
+            {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}))  # fmt: skip
+        return d
+
     def pickle_model(self, *, evil: bool = False) -> Path:
         """The tiny BERT with pytorch_model.bin (pickle) instead of safetensors."""
         import torch
@@ -292,6 +309,23 @@ CASES = [
     Case("student-deeper-than-teacher", 3,
          ("the student asks for 6 layers", "has only 4", "--set student.layers=6"),
          lambda e: Setup(e.compress("--set", "student.layers=6"), e.out)),
+    Case("student-wider-than-teacher", 3,
+         ("student.hidden_size 64 is wider than the teacher's 32",
+          "--set student.hidden_size=64", "at most 32"),
+         lambda e: Setup(e.compress("--set", "student.hidden_size=64"), e.out)),
+    Case("student-width-not-whole-heads", 3,
+         ("student.hidden_size 20 is not a whole number of the teacher's attention heads",
+          "4 heads of width 8", "multiple of 8, e.g. 16"),
+         lambda e: Setup(e.compress("--set", "student.hidden_size=20"), e.out)),
+    Case("student-narrower-than-dense-module", 3,
+         ("sentence-transformers modules ['sentence_transformers.models.Dense'] are tied to",
+          "--set student.hidden_size=16"),
+         lambda e: Setup(e.compress("--set", "student.hidden_size=16",
+                                    model=e.dense_st_model()), e.out)),
+    Case("student-ffn-wider-than-teacher", 3,
+         ("student.intermediate_size 128 is wider than the teacher's 64",
+          "--set student.intermediate_size=128"),
+         lambda e: Setup(e.compress("--set", "student.intermediate_size=128"), e.out)),
     Case("bench-seq-beyond-model-max", 3,
          ("bench.sequence_lengths asks for sequences of 256 tokens", "at most 128"),
          lambda e: Setup(e.compress("--set", "bench.sequence_lengths=[64,256]"), e.out)),

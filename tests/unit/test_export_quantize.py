@@ -140,3 +140,46 @@ def test_fuse_is_refused_where_it_cannot_run():
         )
     with pytest.raises(ProfileError, match="dynamic/static"):
         load_profile("a100-int8", ["quantize.fuse=true"])
+
+
+NARROW = ["student.hidden_size=16", "student.intermediate_size=24"]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_classifier"])
+def test_narrow_student_exports_and_quantizes(fixture, request, stsb_small, sst2_small, tmp_path):
+    """A student sliced to half width goes through export (ONNX checked against torch on
+    real text) and INT8 quantization; its graphs are 16 wide and hold no projection."""
+    from kdeploy.manifest import load_manifest
+    from kdeploy.pipeline import RunRequest, run_pipeline
+    from kdeploy.profiles import load_profile
+    from kdeploy.stages import RunOptions
+    from tests.conftest import TINY_OVERRIDES
+
+    model = request.getfixturevalue(fixture)
+    data = stsb_small if fixture == "tiny_bert" else sst2_small
+    losses = "distill.losses={embedding_mse: 1.0, logit_kd: 1.0, hidden_mse: 1.0}"
+    out = tmp_path / "run"
+    run_pipeline(
+        RunRequest(
+            profile=load_profile("cpu-int8", [*TINY_OVERRIDES, *NARROW, losses]),
+            model_dir=model, data_dir=data, out_dir=out, until_stage="quantize",
+            options=RunOptions(progress=False),
+        ),
+        log=lambda m: None,
+    )  # fmt: skip
+    stages = load_manifest(out).stages
+    assert stages["distill"].metrics["hidden_size"] == 16
+    assert stages["export"].metrics["student"]["validation"]["passed"]
+    graph = onnx.load(str(out / "export" / "student" / "model.onnx")).graph
+    dims = {d for init in graph.initializer for d in init.dims}
+    assert {16, 24} <= dims and 32 not in dims  # nothing of the teacher's width is left
+    feeds = {
+        "input_ids": np.full((2, 9), 7, dtype=np.int64),
+        "attention_mask": np.ones((2, 9), dtype=np.int64),
+        "token_type_ids": np.zeros((2, 9), dtype=np.int64),
+    }
+    for d in (out / "export" / "student", out / "quantize" / "student"):
+        card = ModelCard.load(d)
+        with OrtRunner(d / "model.onnx", outputs=[card.output]) as r:
+            got = r.infer(feeds)[card.output]
+        assert got.shape == ((2, 16) if fixture == "tiny_bert" else (2, 2))

@@ -145,3 +145,80 @@ def test_best_epoch_is_kept_and_early_stop(tiny_bert, stsb_small, tmp_path, monk
     final = load_file(str(tmp_path / "student" / "model.safetensors"))
     key = "encoder.layer.0.output.dense.weight"
     assert torch.equal(best[key], final[key])
+
+
+def test_embedding_losses_go_through_the_projection():
+    """A narrower student's pooled vector is compared with the teacher's after the learned
+    projection: with a projection that maps it exactly onto the target, the loss is 0."""
+    cfg = DistillConfig(losses={"embedding_mse": 1.0, "embedding_cosine": 1.0})
+    torch.manual_seed(0)
+    student, target = torch.randn(4, 4), torch.randn(4, 6)  # student width 4, teacher 6
+    proj = torch.nn.Linear(4, 6, bias=False)
+    with torch.no_grad():
+        proj.weight.copy_((torch.linalg.inv(student) @ target).T)
+    args = dict(teacher=None, mask=torch.ones(4, 2), labels=None, layer_map=[])
+    loss, parts = kd.total_loss(
+        kd.Outputs(pooled=student), "embedding", cfg, target=target,
+        embedding_projection=proj, **args,
+    )  # fmt: skip
+    assert set(parts) == {"embedding_mse", "embedding_cosine"}
+    assert loss.item() == pytest.approx(0.0, abs=1e-4)
+    with pytest.raises(ValueError, match="needs an embedding_projection"):
+        kd.total_loss(kd.Outputs(pooled=student), "embedding", cfg, target=target, **args)
+
+
+def test_projections_start_as_the_slicing():
+    from kdeploy.train.distill import make_projections
+
+    dims = torch.tensor([0, 2, 5])
+    proj = make_projections(3, 6, hidden_layers=2, embedding=True, student_dims=dims)
+    x = torch.randn(5, 3)
+    for lin in (*proj["hidden"], proj["embedding"]):
+        y = lin(x)
+        assert torch.equal(y[:, dims], x)
+        assert torch.equal(y[:, [1, 3, 4]], torch.zeros(5, 3))
+    assert make_projections(6, 6, hidden_layers=2, embedding=True) is None
+    only_emb = make_projections(3, 6, hidden_layers=0, embedding=True)
+    assert only_emb["hidden"] is None and only_emb["embedding"].weight.shape == (6, 3)
+    assert make_projections(3, 6, hidden_layers=0, embedding=False) is None
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_classifier"])
+def test_narrow_student_distils(fixture, request, stsb_small, sst2_small, tmp_path):
+    """Sliced to half width (hidden, heads and FFN) it trains with every token-level loss,
+    the projections are checkpointed, and the saved student has the narrow width."""
+    from kdeploy.data import load_task_data
+    from kdeploy.model_info import inspect_model
+    from kdeploy.train.distill import distill
+
+    model = request.getfixturevalue(fixture)
+    info = inspect_model(model)
+    data = load_task_data(stsb_small if info.kind == "embedding" else sst2_small)
+    train = data.splits["train"]
+    labels = train.labels if info.kind == "classification" else [None] * len(train)
+    items = [(t, None, None if y is None else int(y)) for t, y in zip(
+        train.texts_a[:96], labels[:96], strict=True)]  # fmt: skip
+    own = {"embedding_mse": 1.0} if info.kind == "embedding" else {"logit_kd": 1.0}
+    cfg = DistillConfig(
+        batch_size=16, max_seq_length=32, epochs=4, learning_rate=3e-3,
+        losses={**own, "hidden_mse": 1.0, "attention_kl": 1.0}, select_best=False,
+    )  # fmt: skip
+    out = distill(
+        info, cfg, [1, 3], items, tmp_path, hidden_size=16, intermediate_size=32,
+        progress=False, log=lambda m: None,
+    )  # fmt: skip
+    hist = out.metrics["history"]
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    assert hist[-1]["hidden_mse"] < hist[0]["hidden_mse"]
+    assert (out.metrics["hidden_size"], out.metrics["intermediate_size"]) == (16, 32)
+    saved = inspect_model(out.student_dir)
+    assert (saved.hidden_size, saved.num_heads, saved.num_layers) == (16, 2, 2)
+    extra = torch.load(tmp_path / "checkpoint" / "optim.pt", weights_only=True)
+    keys = set(extra["projections"])
+    assert {"hidden.0.weight", "hidden.1.weight"} <= keys
+    assert ("embedding.weight" in keys) == (info.kind == "embedding")
+    if info.kind == "embedding":  # sentence-transformers is told the student's width
+        import json
+
+        pooling = json.loads((out.student_dir / "1_Pooling" / "config.json").read_text())
+        assert pooling["word_embedding_dimension"] == 16

@@ -129,14 +129,27 @@ def test_ctrl_c_in_a_stage_keeps_earlier_stages(tmp_path, tiny_bert, stsb_small,
     assert result.ran == ["bench", "verify", "package"]
 
 
+@pytest.mark.parametrize(
+    "narrow",
+    [
+        [],
+        # a sliced student resumes its learned projections too (embedding and hidden states)
+        [
+            "student.hidden_size=16",
+            "student.intermediate_size=24",
+            "distill.losses={embedding_mse: 1.0, hidden_mse: 1.0}",
+        ],
+    ],
+    ids=["full-width", "narrow"],
+)
 def test_distill_resumes_mid_training_to_identical_weights(
-    tmp_path, tiny_bert, stsb_small, monkeypatch
+    tmp_path, tiny_bert, stsb_small, monkeypatch, narrow
 ):
     from safetensors.numpy import load_file
 
     import kdeploy.train.distill as distill
 
-    extra = ["distill.epochs=2"]
+    extra = ["distill.epochs=2", *narrow]
     clean = tmp_path / "clean"
     run(tiny_bert, stsb_small, clean, extra, until_stage="distill")
 

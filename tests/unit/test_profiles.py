@@ -178,3 +178,17 @@ def test_schema_file_is_current():
     """profiles/profile.schema.json is what `kdeploy profiles schema` prints."""
     committed = json.loads((ROOT / "profiles" / "profile.schema.json").read_text())
     assert committed == json_schema()
+
+
+def test_student_widths():
+    """Widths are optional (None = the teacher's); set, they must be positive. Whether they
+    fit the teacher is checked by the pipeline (tests/unit/test_bad_inputs.py)."""
+    default = load_profile("cpu-int8").profile.student
+    assert (default.hidden_size, default.intermediate_size) == (None, None)
+    narrow = load_profile(
+        "cpu-int8", ["student.hidden_size=256", "student.intermediate_size=768"]
+    ).profile.student
+    assert (narrow.hidden_size, narrow.intermediate_size) == (256, 768)
+    for key in ("hidden_size", "intermediate_size"):
+        with pytest.raises(ProfileError, match=f"--set student.{key}=0"):
+            load_profile("cpu-int8", [f"student.{key}=0"])

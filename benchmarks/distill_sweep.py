@@ -31,15 +31,25 @@ LOSS_SETS = {
     "emb": {"embedding_mse": 1.0, "logit_kd": 0.0},
     "emb+cos": {"embedding_mse": 1.0, "embedding_cosine": 1.0, "logit_kd": 0.0},
     "emb+hidden": {"embedding_mse": 1.0, "hidden_mse": 1.0, "logit_kd": 0.0},
-    "emb+hidden+attn": {"embedding_mse": 1.0, "hidden_mse": 1.0, "attention_kl": 1.0,
-                        "logit_kd": 0.0},
+    "emb+hidden+attn": {
+        "embedding_mse": 1.0,
+        "hidden_mse": 1.0,
+        "attention_kl": 1.0,
+        "logit_kd": 0.0,
+    },
     "logit": {"embedding_mse": 0.0, "logit_kd": 1.0},
     "logit+label": {"embedding_mse": 0.0, "logit_kd": 1.0, "hard_label": 1.0},
-    "logit+hidden+attn": {"embedding_mse": 0.0, "logit_kd": 1.0, "hidden_mse": 1.0,
-                          "attention_kl": 1.0},
+    "logit+hidden+attn": {
+        "embedding_mse": 0.0,
+        "logit_kd": 1.0,
+        "hidden_mse": 1.0,
+        "attention_kl": 1.0,
+    },
 }
-DEFAULT_SETS = {"minilm": ["emb", "emb+hidden", "emb+hidden+attn"],
-                "sst2": ["logit", "logit+label", "logit+hidden+attn"]}
+DEFAULT_SETS = {
+    "minilm": ["emb", "emb+hidden", "emb+hidden+attn"],
+    "sst2": ["logit", "logit+label", "logit+hidden+attn"],
+}
 
 
 def teacher_dir(name: str) -> tuple[Path, Path]:
@@ -50,8 +60,10 @@ def teacher_dir(name: str) -> tuple[Path, Path]:
     from train_classifier_teacher import DEFAULT_OUT
 
     if not (DEFAULT_OUT / "teacher.json").is_file():
-        raise SystemExit(f"no classifier teacher at {DEFAULT_OUT}: run "
-                         "benchmarks/train_classifier_teacher.py first")
+        raise SystemExit(
+            f"no classifier teacher at {DEFAULT_OUT}: run "
+            "benchmarks/train_classifier_teacher.py first"
+        )
     return DEFAULT_OUT, DATA / "sst2"
 
 
@@ -61,18 +73,37 @@ def _logger(prefix: str, verbose: bool):
     return lambda m: print(f"{time.strftime('%H:%M:%S')} [{prefix}] {m}", flush=True)
 
 
-def run_cell(model: Path, data: Path, out: Path, depth: int, losses: dict, extra: list[str],
-             log=lambda m: None, unlabeled: Path | None = None, progress: bool = False):
+def run_cell(
+    model: Path,
+    data: Path,
+    out: Path,
+    depth: int,
+    losses: dict,
+    extra: list[str],
+    log=lambda m: None,
+    unlabeled: Path | None = None,
+    progress: bool = False,
+):
     from kdeploy.pipeline import RunRequest, run_pipeline
     from kdeploy.profiles import load_profile
     from kdeploy.stages import RunOptions
 
     loss_yaml = "{" + ", ".join(f"{k}: {v}" for k, v in losses.items()) + "}"
-    overrides = [f"student.layers={depth}", f"distill.losses={loss_yaml}",
-                 "verify.budgets={}", *extra]
-    req = RunRequest(profile=load_profile("cpu-int8", overrides), model_dir=model,
-                     data_dir=data, out_dir=out, until_stage="verify", unlabeled=unlabeled,
-                     options=RunOptions(progress=progress))
+    overrides = [
+        f"student.layers={depth}",
+        f"distill.losses={loss_yaml}",
+        "verify.budgets={}",
+        *extra,
+    ]
+    req = RunRequest(
+        profile=load_profile("cpu-int8", overrides),
+        model_dir=model,
+        data_dir=data,
+        out_dir=out,
+        until_stage="verify",
+        unlabeled=unlabeled,
+        options=RunOptions(progress=progress),
+    )
     run_pipeline(req, log=log)  # budgets are cleared: no BudgetError
     verify = json.loads((out / "verify" / "verify.json").read_text())
     bench = json.loads((out / "bench" / "bench.json").read_text())
@@ -81,21 +112,36 @@ def run_cell(model: Path, data: Path, out: Path, depth: int, losses: dict, extra
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--teacher", choices=["minilm", "sst2", "both"], default="both")
     ap.add_argument("--depths", type=int, nargs="+", default=[2, 3, 4])
     ap.add_argument("--loss-sets", nargs="+", choices=sorted(LOSS_SETS), default=None)
-    ap.add_argument("--set", dest="extra", action="append", default=[],
-                    help="extra profile override for every cell, e.g. distill.epochs=2")
-    ap.add_argument("--unlabeled", type=Path, default=None,
-                    help="extra unlabeled texts for distillation, one per line (all cells)")
-    ap.add_argument("--tag", default="", help="suffix of the cells' run dirs and rows "
-                    "(use it with --set, e.g. --tag h256 --set student.hidden_size=256)")
+    ap.add_argument(
+        "--set",
+        dest="extra",
+        action="append",
+        default=[],
+        help="extra profile override for every cell, e.g. distill.epochs=2",
+    )
+    ap.add_argument(
+        "--unlabeled",
+        type=Path,
+        default=None,
+        help="extra unlabeled texts for distillation, one per line (all cells)",
+    )
+    ap.add_argument(
+        "--tag",
+        default="",
+        help="suffix of the cells' run dirs and rows "
+        "(use it with --set, e.g. --tag h256 --set student.hidden_size=256)",
+    )
     ap.add_argument("--out", type=Path, default=Path("runs/sweep"))
     ap.add_argument("--json", type=Path, default=None, help="write all rows as JSON")
-    ap.add_argument("--verbose", action="store_true",
-                    help="print the pipeline's log lines and progress bars")
+    ap.add_argument(
+        "--verbose", action="store_true", help="print the pipeline's log lines and progress bars"
+    )
     args = ap.parse_args()
 
     teachers = ["minilm", "sst2"] if args.teacher == "both" else [args.teacher]
@@ -105,14 +151,24 @@ def main() -> None:
         for depth in args.depths:
             for ls in args.loss_sets or DEFAULT_SETS[t]:
                 cell = f"{t}-L{depth}-{ls}" + (f"-{args.tag}" if args.tag else "")
-                verify, bench, distill = run_cell(model, data, args.out / cell, depth,
-                                                  LOSS_SETS[ls], args.extra,
-                                                  _logger(cell, args.verbose), args.unlabeled,
-                                                  progress=args.verbose)
+                verify, bench, distill = run_cell(
+                    model,
+                    data,
+                    args.out / cell,
+                    depth,
+                    LOSS_SETS[ls],
+                    args.extra,
+                    _logger(cell, args.verbose),
+                    args.unlabeled,
+                    progress=args.verbose,
+                )
                 m = verify["models"]
                 deploy = verify["deploy"]
                 row = {
-                    "teacher": t, "layers": depth, "losses": ls, "tag": args.tag,
+                    "teacher": t,
+                    "layers": depth,
+                    "losses": ls,
+                    "tag": args.tag,
                     "overrides": args.extra,
                     "unlabeled": None if args.unlabeled is None else str(args.unlabeled),
                     "train_texts": distill["texts"],
@@ -127,8 +183,7 @@ def main() -> None:
                     "params_m": distill["student_params"] / 1e6,
                     "train_s": distill["train_seconds"],
                     "best_epoch": distill.get("best_epoch"),
-                    "teacher_sps": bench["models"]["teacher_fp32"]["throughput"][
-                        "sentences_per_s"],
+                    "teacher_sps": bench["models"]["teacher_fp32"]["throughput"]["sentences_per_s"],
                     "student_sps": bench["models"][deploy]["throughput"]["sentences_per_s"],
                 }
                 rows.append(row)

@@ -57,8 +57,9 @@ def size_mb(dists: dict[str, object]) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--extras", nargs="+", default=["train", "minilm"])
     args = ap.parse_args()
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

@@ -87,8 +87,9 @@ def main() -> None:
     from kdeploy.train.loading import load_hf_model, load_tokenizer
     from kdeploy.train.student import cut_layers, slice_model, width_plan
 
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--layers", type=int, nargs="+", default=[0, 2, 5])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "stsb")
     ap.add_argument("--split", default="dev")
@@ -110,18 +111,25 @@ def main() -> None:
         return score(student, tok, info, split, 128, torch.device("cpu")), n
 
     full, n_full = run(width_plan(cut, None, None, cal))
-    print(f"teacher layers {args.layers}, STS-B {args.split} Spearman x100, no training; "
-          f"full width (384/1536, {n_full / 1e6:.1f}M params): {full:.2f}")
-    print("| hidden/FFN | params (M) | activation (kdeploy) | weight norms | first k | "
-          "random k (3 draws) |")
+    print(
+        f"teacher layers {args.layers}, STS-B {args.split} Spearman x100, no training; "
+        f"full width (384/1536, {n_full / 1e6:.1f}M params): {full:.2f}"
+    )
+    print(
+        "| hidden/FFN | params (M) | activation (kdeploy) | weight norms | first k | "
+        "random k (3 draws) |"
+    )
     print("|---|---|---|---|---|---|")
     for hidden, ffn in WIDTHS:
         act, n = run(width_plan(cut, hidden, ffn, cal))
         weight, _ = run(weight_plan(cut, hidden, ffn))
         first, _ = run(index_plan(cut, hidden, ffn))
         rand = [run(index_plan(cut, hidden, ffn, gen))[0] for _ in range(3)]
-        print(f"| {hidden}/{ffn} | {n / 1e6:.1f} | {act:.2f} | {weight:.2f} | {first:.2f} | "
-              f"{' / '.join(f'{r:.2f}' for r in rand)} |", flush=True)
+        print(
+            f"| {hidden}/{ffn} | {n / 1e6:.1f} | {act:.2f} | {weight:.2f} | {first:.2f} | "
+            f"{' / '.join(f'{r:.2f}' for r in rand)} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

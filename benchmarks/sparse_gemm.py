@@ -100,8 +100,9 @@ def bench_layer(k: int, n: int, m: int, device: str, compiled: bool, iters: int)
 def main() -> None:
     import torch
 
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--run", type=Path, default=None, help="a run dir (its student's shapes)")
     ap.add_argument("--model", type=Path, default=None, help="a model dir instead of --run")
     ap.add_argument("--profile", default="h100-int8", help="bench grid: batch x sequence")
@@ -117,8 +118,13 @@ def main() -> None:
     model_dir = args.model
     if args.run is not None:
         model_dir = next(
-            (args.run / s / "student" for s in ("sparsify", "distill")
-             if (args.run / s / "student").is_dir()), None)
+            (
+                args.run / s / "student"
+                for s in ("sparsify", "distill")
+                if (args.run / s / "student").is_dir()
+            ),
+            None,
+        )
     shapes = linear_shapes(model_dir)
     ms = sorted({b * s for b in profile.bench.batch_sizes for s in profile.bench.sequence_lengths})
     typical = profile.export.shapes.batch.opt * profile.export.shapes.sequence.opt
@@ -146,13 +152,21 @@ def main() -> None:
         "|---|---|---|" + "---|" * len(keys) + "---|",
     ]
     for layer, k, n, m, t, paid in rows:
-        lines.append(f"| {layer.split('layer.0.', 1)[-1]} | {k} x {n} | {m} | "
-                     + " | ".join(f"{t[c]:.3f}" if c in t else "-" for c in keys)
-                     + f" | {'yes' if paid else 'no'} |")
+        lines.append(
+            f"| {layer.split('layer.0.', 1)[-1]} | {k} x {n} | {m} | "
+            + " | ".join(f"{t[c]:.3f}" if c in t else "-" for c in keys)
+            + f" | {'yes' if paid else 'no'} |"
+        )
     if args.device == "cuda":
-        lines += ["", "2:4 lost at the profile's typical M for: "
-                  + (", ".join(loses) or "none") + ". Keep them dense with "
-                  + "`sparsify.dense_layers: [" + ", ".join(f"'*{x}'" for x in loses) + "]`."]
+        lines += [
+            "",
+            "2:4 lost at the profile's typical M for: "
+            + (", ".join(loses) or "none")
+            + ". Keep them dense with "
+            + "`sparsify.dense_layers: ["
+            + ", ".join(f"'*{x}'" for x in loses)
+            + "]`.",
+        ]
     table = "\n".join(lines)
     print(table)
     if args.write:

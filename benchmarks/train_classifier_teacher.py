@@ -23,7 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = Path(os.environ.get("KDEPLOY_CACHE", Path.home() / ".cache" / "kdeploy")) / (
-    "minilm-sst2")
+    "minilm-sst2"
+)
 
 
 def main() -> None:
@@ -60,8 +61,12 @@ def main() -> None:
         texts, labels = texts[: args.max_train], labels[: args.max_train]
     tok = AutoTokenizer.from_pretrained(str(MODEL_DIR))
     model = AutoModelForSequenceClassification.from_pretrained(
-        str(MODEL_DIR), num_labels=2, id2label={0: "negative", 1: "positive"},
-        label2id={"negative": 0, "positive": 1}, use_safetensors=True)
+        str(MODEL_DIR),
+        num_labels=2,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+        use_safetensors=True,
+    )
     steps = math.ceil(len(texts) / args.batch_size) * args.epochs
     optim = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     sched = get_linear_schedule_with_warmup(optim, int(0.06 * steps), steps)
@@ -73,8 +78,13 @@ def main() -> None:
         bar = tqdm(range(0, len(perm), args.batch_size), desc=f"fine-tune epoch {epoch + 1}")
         for s in bar:
             idx = perm[s : s + args.batch_size]
-            enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=128,
-                      return_tensors="pt")
+            enc = tok(
+                [texts[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=128,
+                return_tensors="pt",
+            )
             out = model(**enc, labels=torch.as_tensor(labels[idx]))
             optim.zero_grad()
             out.loss.backward()
@@ -89,10 +99,21 @@ def main() -> None:
     model.save_pretrained(str(tmp), safe_serialization=True)
     tok.save_pretrained(str(tmp))
     acc = score(model, tok, inspect_model(tmp), dev, 128, torch.device("cpu"))
-    (tmp / "teacher.json").write_text(json.dumps({
-        "base": "all-MiniLM-L6-v2", "data": str(args.data), "train_rows": len(texts),
-        "epochs": args.epochs, "lr": args.lr, "seed": args.seed, "dev_accuracy": acc,
-        "train_seconds": round(seconds, 1)}, indent=2))
+    (tmp / "teacher.json").write_text(
+        json.dumps(
+            {
+                "base": "all-MiniLM-L6-v2",
+                "data": str(args.data),
+                "train_rows": len(texts),
+                "epochs": args.epochs,
+                "lr": args.lr,
+                "seed": args.seed,
+                "dev_accuracy": acc,
+                "train_seconds": round(seconds, 1),
+            },
+            indent=2,
+        )
+    )
     if args.out.exists():
         import shutil
 

@@ -50,19 +50,21 @@ def optimum_baselines(model_dir: Path, kind: str, threads: int) -> dict[str, Pat
     int8 = CACHE / f"optimum-{key}" / "int8"
     if not (fp32 / "model.onnx").is_file():
         with quiet_libraries():
-            main_export(str(model_dir), str(fp32),
-                        task="feature-extraction" if kind == "embedding" else "text-classification",
-                        library_name="sentence_transformers" if kind == "embedding"
-                        else "transformers")
+            main_export(
+                str(model_dir),
+                str(fp32),
+                task="feature-extraction" if kind == "embedding" else "text-classification",
+                library_name="sentence_transformers" if kind == "embedding" else "transformers",
+            )
     if not (int8 / "model_quantized.onnx").is_file():
-        ORTQuantizer.from_pretrained(fp32).quantize(save_dir=int8,
-                                                    quantization_config=optimum_isa_config())
+        ORTQuantizer.from_pretrained(fp32).quantize(
+            save_dir=int8, quantization_config=optimum_isa_config()
+        )
     return {"optimum_fp32": fp32 / "model.onnx", "optimum_int8": int8 / "model_quantized.onnx"}
 
 
 class OrtSystem:
-    def __init__(self, path: Path, tokenizer_json: Path, max_len: int, threads: int,
-                 output: str):
+    def __init__(self, path: Path, tokenizer_json: Path, max_len: int, threads: int, output: str):
         from kdeploy.runtime.runners import OrtRunner
         from kdeploy.runtime.text import TextEncoder
 
@@ -100,8 +102,13 @@ class TorchSystem:
         return ((out.last_hidden_state * m).sum(1) / m.sum(1)).numpy()
 
 
-def run_batches(system: Embed, texts: list[str], batch: int, order: np.ndarray | None,
-                lat: list[float] | None = None) -> tuple[np.ndarray, float]:
+def run_batches(
+    system: Embed,
+    texts: list[str],
+    batch: int,
+    order: np.ndarray | None,
+    lat: list[float] | None = None,
+) -> tuple[np.ndarray, float]:
     idx = np.arange(len(texts)) if order is None else order
     outs = []
     t0 = time.perf_counter()
@@ -134,8 +141,9 @@ def main() -> None:
     from kdeploy.runtime.card import ModelCard
     from kdeploy.runtime.text import TextEncoder
 
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--run", type=Path, required=True, help="a finished kdeploy run dir")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
@@ -157,20 +165,28 @@ def main() -> None:
     tok = view.models["teacher_fp32"] / "tokenizer.json"
     out_name = card.output
 
-    systems: dict[str, Embed] = {"teacher torch fp32": TorchSystem(teacher_dir, kind, max_len,
-                                                                   args.threads)}
+    systems: dict[str, Embed] = {
+        "teacher torch fp32": TorchSystem(teacher_dir, kind, max_len, args.threads)
+    }
     base = optimum_baselines(teacher_dir, kind, args.threads)
     base_out = out_name if kind == "embedding" else "logits"
-    systems["teacher optimum+ORT fp32"] = OrtSystem(base["optimum_fp32"], tok, max_len,
-                                                    args.threads, base_out)
-    systems["teacher optimum+ORT dyn INT8"] = OrtSystem(base["optimum_int8"], tok, max_len,
-                                                        args.threads, base_out)
+    systems["teacher optimum+ORT fp32"] = OrtSystem(
+        base["optimum_fp32"], tok, max_len, args.threads, base_out
+    )
+    systems["teacher optimum+ORT dyn INT8"] = OrtSystem(
+        base["optimum_int8"], tok, max_len, args.threads, base_out
+    )
     for name in ("student_fp32", "student_sparse", "student_int8"):  # each stage's model
         if name in view.models:
             mdir = view.models[name]
             c = ModelCard.load(mdir)
-            systems[f"kdeploy {name}"] = OrtSystem(mdir / c.model_file, mdir / c.tokenizer_file,
-                                                   c.max_seq_length, args.threads, c.output)
+            systems[f"kdeploy {name}"] = OrtSystem(
+                mdir / c.model_file,
+                mdir / c.tokenizer_file,
+                c.max_seq_length,
+                args.threads,
+                c.output,
+            )
     orders: dict[str, np.ndarray | None] = {k: None for k in systems}
     if args.bucket:
         lens = np.asarray(TextEncoder(tok, max_len).lengths(texts))
@@ -189,8 +205,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for b in args.batches:
             for name, system in systems.items():
-                _, sps = run_batches(system, texts, b, orders[name],
-                                     lat1[name] if b == 1 else None)
+                _, sps = run_batches(system, texts, b, orders[name], lat1[name] if b == 1 else None)
                 tput.setdefault((name, b), []).append(sps)
                 print(f"  {name:40s} batch {b:3d}: {sps:8.1f} sentences/s", flush=True)
 
@@ -210,26 +225,37 @@ def main() -> None:
     bl = args.batches[-1]
     rows = []
     for name in systems:
-        row = {"system": name, "metric": scores[name], "retention": scores[name] / ref,
-               **{f"sps_b{b}": med[(name, b)] for b in args.batches},
-               "p50_b1": p50.get(name), "p99_b1": p99.get(name),
-               "speedup": med[(name, bl)] / med[(base_name, bl)],
-               "latency_gain": (p50[base_name] / p50[name]) if name in p50 and base_name in p50
-               else None}
+        row = {
+            "system": name,
+            "metric": scores[name],
+            "retention": scores[name] / ref,
+            **{f"sps_b{b}": med[(name, b)] for b in args.batches},
+            "p50_b1": p50.get(name),
+            "p99_b1": p99.get(name),
+            "speedup": med[(name, bl)] / med[(base_name, bl)],
+            "latency_gain": (p50[base_name] / p50[name])
+            if name in p50 and base_name in p50
+            else None,
+        }
         rows.append(row)
         lines.append(
             f"| {name} | {row['metric']:.2f} | {100 * row['retention']:.1f}% | "
             + " | ".join(f"{row[f'sps_b{b}']:.0f}" for b in args.batches)
             + f" | {row['speedup']:.2f}x | "
-            + (f"{row['p50_b1']:.2f} | {row['p99_b1']:.2f} | {row['latency_gain']:.2f}x |"
-               if row["p50_b1"] is not None else "- | - | - |")
+            + (
+                f"{row['p50_b1']:.2f} | {row['p99_b1']:.2f} | {row['latency_gain']:.2f}x |"
+                if row["p50_b1"] is not None
+                else "- | - | - |"
+            )
         )
     host = view.manifest.model
     cpu = json.loads((args.run / "bench" / "bench.json").read_text())["host"]["cpu"]
-    header = (f"Measured {dt.date.today().isoformat()} on {cpu} ({os.cpu_count()} cores), "
-              f"{args.threads} threads, {len(texts)} {split.name} sentences of "
-              f"{view.data_dir.name}, {args.rounds} interleaved rounds (median), kdeploy run "
-              f"`{args.run.name}` (teacher {Path(host['path']).name}).")
+    header = (
+        f"Measured {dt.date.today().isoformat()} on {cpu} ({os.cpu_count()} cores), "
+        f"{args.threads} threads, {len(texts)} {split.name} sentences of "
+        f"{view.data_dir.name}, {args.rounds} interleaved rounds (median), kdeploy run "
+        f"`{args.run.name}` (teacher {Path(host['path']).name})."
+    )
     table = "\n".join([header, "", *lines])
     print()
     print(table)
@@ -239,10 +265,14 @@ def main() -> None:
         text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
         block = f"{begin}\n{table}\n{end}"
         if begin in text:
-            text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+            text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
         else:
-            text = text.rstrip() + f"\n\n## kdeploy vs baselines ({view.data_dir.name})\n\n" + \
-                block + "\n"
+            text = (
+                text.rstrip()
+                + f"\n\n## kdeploy vs baselines ({view.data_dir.name})\n\n"
+                + block
+                + "\n"
+            )
         RESULTS.write_text(text)
         (args.run / "vs_baselines.json").write_text(json.dumps(rows, indent=2))
 

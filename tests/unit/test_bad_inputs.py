@@ -49,8 +49,13 @@ class Env:
     sst2: Path
     patches: list[Callable[[pytest.MonkeyPatch], None]] = field(default_factory=list)
 
-    def compress(self, *extra: str, model: Path | None = None, data: Path | None = None,
-                 out: Path | None = None) -> list[str]:
+    def compress(
+        self,
+        *extra: str,
+        model: Path | None = None,
+        data: Path | None = None,
+        out: Path | None = None,
+    ) -> list[str]:
         return [
             "compress",
             "--model", str(model or self.tiny_bert),

@@ -172,20 +172,20 @@ def compress(
     try:
         result = run_pipeline(req, log=lambda m: click.echo(m, err=True))
     except KdeployError as exc:
-        if exc.exit_code == 8:  # budgets missed: show the table before the error
-            _print_summary(req.out_dir or _run_dir_of(req))
+        done = getattr(exc, "result", None)
+        if done is not None:  # budgets missed: the table and what ran, then the error
+            _print_summary(done.run_dir)
+            _print_ran(done)
         raise
     _print_summary(result.run_dir)
+    _print_ran(result)
+
+
+def _print_ran(result) -> None:
     click.echo(
         f"\nran {len(result.ran)} stage(s), reused {len(result.reused)}, "
         f"in {result.seconds:.1f}s; run dir: {result.run_dir}"
     )
-
-
-def _run_dir_of(req) -> Path:
-    from kdeploy.pipeline import default_run_dir
-
-    return default_run_dir(req.profile.name, req.model_dir)
 
 
 def _print_summary(run_dir: Path) -> None:

@@ -482,20 +482,24 @@ def _run_locked(
         skipped=skipped,
         seconds=time.perf_counter() - t_start,
     )
-    _check_budgets(manifest, profile.name, run_dir, until_i)
+    _check_budgets(result, profile.name, until_i)
     return result
 
 
-def _check_budgets(manifest: Manifest, profile_name: str, run_dir: Path, until_i: int) -> None:
-    verify = manifest.stages.get("verify")
+def _check_budgets(result: RunResult, profile_name: str, until_i: int) -> None:
+    """Raise BudgetError when verify recorded a missed budget; the error carries the
+    finished RunResult (`exc.result`), so callers can still say what ran and what was reused."""
+    verify = result.manifest.stages.get("verify")
     budget_checked = verify is not None and until_i >= ORDER.index("verify")
     if budget_checked and not verify.metrics.get("passed", True):
         failed = [b["name"] for b in verify.metrics.get("budgets", []) if not b["passed"]]
-        raise BudgetError(
+        exc = BudgetError(
             f"profile {profile_name}: budget(s) missed: {', '.join(failed)}",
-            where=str(run_dir / "package" / "report.md"),
+            where=str(result.run_dir / "package" / "report.md"),
             fix="see the budget table above; artifacts and the report are kept",
         )
+        exc.result = result
+        raise exc
 
 
 def _stage_key(
@@ -628,8 +632,7 @@ def run_device_stages(
                 name, mod, key, consumed, versions, req, inputs, run_dir, log, hashes, manifest
             )
             ran.append(name)
-    _check_budgets(manifest, profile.name, run_dir, ORDER.index(until))
-    return RunResult(
+    result = RunResult(
         run_dir=run_dir,
         manifest=manifest,
         ran=ran,
@@ -637,6 +640,8 @@ def run_device_stages(
         skipped=skipped,
         seconds=time.perf_counter() - t_start,
     )
+    _check_budgets(result, profile.name, ORDER.index(until))
+    return result
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

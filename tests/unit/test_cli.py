@@ -111,6 +111,25 @@ def test_compress_cli_reuses_finished_run(tiny_run_copy, tiny_bert, stsb_small):
     assert "**student_int8** (deployed)" in res.output
 
 
+def test_compress_cli_missed_budget_says_what_ran(tiny_run_copy, tiny_bert, stsb_small):
+    """A missed budget exits 8 with the table, the budget that failed and what ran: here
+    only verify and package rerun (the budget is part of verify's key)."""
+    from tests.conftest import TINY_OVERRIDES
+
+    overrides = [*TINY_OVERRIDES, "verify.budgets.min_retention=1.5"]
+    sets = [x for o in overrides for x in ("--set", o)]
+    args = ["compress", "--model", str(tiny_bert), "--data", str(stsb_small),
+            "--out", str(tiny_run_copy), "--no-progress", *sets]  # fmt: skip
+    res = invoke(*args)
+    assert res.exit_code == 8, res.output
+    assert "budget missed" in res.output and "min_retention" in res.output
+    assert "ran 2 stage(s), reused 4" in res.output
+    again = invoke(*args)
+    assert again.exit_code == 8
+    assert "ran 0 stage(s), reused 6" in again.output
+    assert "Traceback" not in res.output + again.output
+
+
 def test_bench_single_model_dir(tiny_run, stsb_small):
     res = invoke(
         "bench",

@@ -163,7 +163,7 @@ def check_budgets(budgets: Budgets, results: dict, bench: dict | None, deploy: s
                 }
             )
     sp = budgets.min_speedup
-    if sp is not None:
+    if sp is not None and deploy != sp.over:  # (the model the speed-up is measured against)
         mine = bench_models.get(deploy, {}).get("throughput", {}).get("sentences_per_s")
         ref = bench_models.get(sp.over, {}).get("throughput", {}).get("sentences_per_s")
         value = mine / ref if mine and ref else None

@@ -106,3 +106,20 @@ def test_missing_matplotlib_skips_plots_and_says_why(tiny_run_copy, tiny_bert, s
     assert "matplotlib" in r["plots"]["skipped"] and "kdeploy[plots]" in r["plots"]["skipped"]
     md = (tiny_run_copy / "package" / "report.md").read_text()
     assert "Plots skipped:" in md and "![" not in md
+
+
+def test_speedup_budget_is_not_checked_against_its_own_reference():
+    """With min_speedup over teacher_int8, the baseline's report row has no speed-up budget
+    (it would always be 1.0x); the deployed student's has."""
+    from kdeploy.profiles import load_profile
+    from kdeploy.stages.verify import check_budgets
+
+    budgets = load_profile("cpu-int8").profile.verify.budgets
+    assert budgets.min_speedup.over == "teacher_int8"
+    results = {m: {"retention": 0.995} for m in ("teacher_int8", "student_int8")}
+    speed = {"teacher_int8": 500.0, "student_int8": 1000.0}
+    bench = {"models": {m: {"throughput": {"sentences_per_s": s}} for m, s in speed.items()}}
+    mine = {r["name"]: r for r in check_budgets(budgets, results, bench, "student_int8")}
+    assert mine["min_speedup"]["value"] == 2.0 and mine["min_speedup"]["passed"]
+    base = {r["name"] for r in check_budgets(budgets, results, bench, "teacher_int8")}
+    assert "min_speedup" not in base and "min_retention" in base

@@ -175,3 +175,23 @@ def tiny_run_copy(tiny_run, tmp_path) -> Path:
     dst = tmp_path / "run"
     shutil.copytree(tiny_run, dst)
     return dst
+
+
+def tiny_hf_model(cls_name: str = "BertModel", **kw):
+    """A random 4-layer, 32-wide model (4 heads of 8, FFN 64) of a transformers class."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    family = cls_name.split("For")[0].removesuffix("Model")
+    config_cls = getattr(transformers, f"{family}Config")
+    base = dict(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=40,
+        attn_implementation="eager",
+    )
+    return getattr(transformers, cls_name)(config_cls(**{**base, **kw})).eval()

@@ -16,7 +16,7 @@ from kdeploy.pipeline import RunRequest, run_pipeline
 from kdeploy.profiles import SparsifyConfig, load_profile
 from kdeploy.qdq_lint import lint_qdq
 from kdeploy.stages import RunOptions
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import TINY_OVERRIDES, tiny_hf_model
 
 SPARSE_QAT = [
     *TINY_OVERRIDES,
@@ -60,18 +60,8 @@ def test_2to4_check_reads_groups_along_the_input_dimension():
 
 
 def _tiny_bert_module(classifier: bool = False):
-    from transformers import BertConfig, BertForSequenceClassification, BertModel
-
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=50,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    return (BertForSequenceClassification(cfg) if classifier else BertModel(cfg)).eval()
+    cls_name = "BertForSequenceClassification" if classifier else "BertModel"
+    return tiny_hf_model(cls_name, vocab_size=50, num_hidden_layers=2, max_position_embeddings=64)
 
 
 def test_layer_choice_keeps_heads_small_layers_and_globs_dense():

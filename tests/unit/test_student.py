@@ -7,6 +7,7 @@ import torch
 
 from kdeploy.errors import ModelError
 from kdeploy.train.student import make_student, select_layers
+from tests.conftest import tiny_hf_model
 
 
 @pytest.mark.parametrize(
@@ -71,25 +72,6 @@ def test_student_inherits_teacher_weights():
 # ------------------------------------------------------------------ narrower students
 
 
-def _tiny(cls_name: str = "BertModel", **kw):
-    """A random 4-layer, 32-wide model (4 heads of 8, FFN 64) of a transformers class."""
-    import transformers
-
-    torch.manual_seed(0)
-    family = cls_name.split("For")[0].removesuffix("Model")
-    config_cls = getattr(transformers, f"{family}Config")
-    base = dict(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=40,
-        attn_implementation="eager",
-    )
-    return getattr(transformers, cls_name)(config_cls(**{**base, **kw})).eval()
-
-
 def _calibration(n_batches: int = 3) -> list[dict]:
     """Random token batches with some padding (masked out of the importance)."""
     gen = torch.Generator().manual_seed(1)
@@ -124,7 +106,7 @@ MODELS = [
 def test_sliced_to_full_width_is_the_teacher(cls_name, kw):
     from kdeploy.train.student import cut_layers
 
-    teacher = _tiny(cls_name, **kw)
+    teacher = tiny_hf_model(cls_name, **kw)
     ids = torch.randint(3, 100, (3, 9))
     cut = cut_layers(teacher, [1, 3])
     full = make_student(teacher, [1, 3], hidden_size=32, intermediate_size=64, batches=CAL)
@@ -137,7 +119,7 @@ def test_sliced_to_full_width_is_the_teacher(cls_name, kw):
 
 @pytest.mark.parametrize("cls_name, kw", MODELS)
 def test_narrow_student_runs_at_its_width(cls_name, kw):
-    teacher = _tiny(cls_name, **kw)
+    teacher = tiny_hf_model(cls_name, **kw)
     student = make_student(teacher, [0, 3], hidden_size=16, intermediate_size=24, batches=CAL)
     cfg = student.config
     assert (cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size) == (16, 2, 24)
@@ -155,7 +137,7 @@ def test_narrow_student_runs_at_its_width(cls_name, kw):
 def test_kept_weights_are_the_teachers_rows_and_columns():
     from kdeploy.train.student import cut_layers, slice_model, width_plan
 
-    teacher = _tiny("BertForSequenceClassification")
+    teacher = tiny_hf_model("BertForSequenceClassification")
     cut = cut_layers(teacher, [1, 3])
     plan = width_plan(cut, 16, 24, CAL)
     student = slice_model(cut, plan)
@@ -205,7 +187,7 @@ def test_importance_keeps_the_units_that_matter():
     dim every LayerNorm scales up is kept."""
     from kdeploy.train.student import cut_layers, measure_importance, width_plan
 
-    teacher = _tiny()
+    teacher = tiny_hf_model()
     dead = torch.tensor([3, 10, 17, 40, 41, 63])
     with torch.no_grad():
         for layer in teacher.encoder.layer:
@@ -235,7 +217,7 @@ def test_importance_keeps_the_units_that_matter():
 def test_importance_ignores_padding():
     from kdeploy.train.student import cut_layers, measure_importance
 
-    cut = cut_layers(_tiny(), [0, 3])
+    cut = cut_layers(tiny_hf_model(), [0, 3])
     a = measure_importance(cut, CAL)
     noisy = [{**b, "input_ids": torch.where(b["attention_mask"] == 1, b["input_ids"], 77)}
              for b in CAL]  # fmt: skip
@@ -246,7 +228,7 @@ def test_importance_ignores_padding():
 
 
 def test_width_errors():
-    teacher = _tiny()
+    teacher = tiny_hf_model()
     with pytest.raises(ModelError, match="wider than the teacher's 32"):
         make_student(teacher, [0, 1], hidden_size=40, batches=CAL)
     with pytest.raises(ModelError, match="whole number of the teacher's attention heads"):

@@ -15,6 +15,9 @@ Variants (each differs from `dyn-s8-pc` in one respect):
   fused+dyn           ORT transformer optimizer (attention/LayerNorm/GELU fusion), then dyn
   dyn-pre-matmul      dyn-pre and dyn-matmul together
   fused+dyn-matmul    fused+dyn with the embeddings left fp32 (MatMul and Attention only)
+  mha+dyn-matmul      attention core fused into MultiHeadAttention (Q/K/V MatMuls stay
+                      separate and quantized), then dyn MatMul only
+  mha-nobias+dyn-matmul  ... with the Q/K/V biases left as Adds outside the fused op
   static-qop-u8s8     static (calibrated on 256 train texts), QOperator, u8 activations
   static-qdq-s8s8     static, QDQ, s8 activations (what TensorRT wants; shows CPU cost)
 """
@@ -72,6 +75,25 @@ def build_variants(
     dyn("fused+dyn", fused, per_channel=True)
     dyn("dyn-pre-matmul", pre, per_channel=True, op_types_to_quantize=["MatMul"])
     dyn("fused+dyn-matmul", fused, per_channel=True, op_types_to_quantize=["MatMul", "Attention"])
+    # MultiHeadAttention keeps the Q/K/V projections as separate MatMuls (quantized as
+    # usual) and fuses only the attention core (QK^T, mask, softmax, xV).
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    for name, bias in (("mha", False), ("mha-nobias", True)):
+        p = work / f"{name}.onnx"
+        if not p.exists():
+            opts = FusionOptions("bert")
+            opts.use_multi_head_attention = True
+            opts.disable_multi_head_attention_bias = bias
+            optimize_model(
+                str(src),
+                model_type="bert",
+                num_heads=heads,
+                hidden_size=hidden,
+                opt_level=1,
+                optimization_options=opts,
+            ).save_model_to_file(str(p))
+        dyn(f"{name}+dyn-matmul", p, per_channel=True, op_types_to_quantize=["MatMul"])
 
     enc = TextEncoder(tok, max_len)
 

@@ -98,7 +98,8 @@ def cli() -> None:
     "--unlabeled",
     type=click.Path(path_type=Path),
     default=None,
-    help="Extra unlabeled texts for distillation, one per line.",
+    help="Extra unlabeled texts for distillation: a text file (one per line) or a "
+    "GLUE-layout folder (its train split's sentences; labels, dev and test unused).",
 )
 @click.option(
     "--set",

@@ -202,15 +202,43 @@ def _read_split(name: str, path: Path) -> tuple[Split, str]:
     return Split(name, path, texts_a, texts_b, labels), task
 
 
-def read_unlabeled(path: Path | str) -> list[str]:
-    """Extra unlabeled text for distillation: one text per line (blank lines skipped)."""
+def unlabeled_file(path: Path | str) -> Path:
+    """The file ``--unlabeled`` reads: the path itself, or a dataset folder's train.tsv."""
     path = Path(path)
+    if path.is_dir():
+        train = path / "train.tsv"
+        if not train.is_file():
+            raise DataError(
+                f"{path} has no train.tsv to take unlabeled text from",
+                where=f"--unlabeled {path}",
+                fix="pass a GLUE-layout folder with train.tsv, or a text file (one text per line)",
+            )
+        return train
     if not path.is_file():
         raise DataError(
             f"unlabeled text file {path} does not exist",
             where=f"--unlabeled {path}",
             fix="pass a text file with one text per line, or leave --unlabeled out",
         )
+    return path
+
+
+def read_unlabeled(path: Path | str) -> list[str]:
+    """Extra unlabeled text for distillation.
+
+    A text file holds one text per line (blank lines skipped). A GLUE-layout folder (or a
+    ``.tsv`` split file) gives the text columns of its train split only, labels ignored,
+    so another task's training data can widen the distillation corpus without its dev or
+    test split ever being read.
+    """
+    path = unlabeled_file(path)
+    if path.suffix == ".tsv":
+        texts = [t.strip() for t in _read_split("train", path)[0].texts() if t.strip()]
+        if not texts:
+            raise DataError(
+                f"{path} holds no text", where=str(path), fix="fill its sentence column(s)"
+            )
+        return texts
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:

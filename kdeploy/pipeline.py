@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from kdeploy import __version__, fsutil
-from kdeploy.data import TaskData, data_files, load_task_data, read_unlabeled
+from kdeploy.data import (
+    TaskData,
+    data_files,
+    load_task_data,
+    read_unlabeled,
+    unlabeled_file,
+)
 from kdeploy.deps import version_of
 from kdeploy.errors import (
     BudgetError,
@@ -392,8 +398,9 @@ def _run_locked(
         data_shas,
     )
     if req.unlabeled is not None:
-        sha = hashes.sha256(req.unlabeled)
-        inputs.set("unlabeled_text", req.unlabeled, sha, {req.unlabeled: sha})
+        src = unlabeled_file(req.unlabeled)
+        sha = hashes.sha256(src)
+        inputs.set("unlabeled_text", req.unlabeled, sha, {src: sha})
     if manifest is None:
         manifest = Manifest.new(
             profile={},

@@ -128,3 +128,20 @@ def test_unlabeled_file(tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
     with pytest.raises(DataError, match="holds no text"):
         read_unlabeled(tmp_path / "empty.txt")
+
+
+def test_unlabeled_glue_folder_gives_train_texts_only(tmp_path):
+    d = tmp_path / "sst2"
+    write_split(d, "train", "sentence\tlabel\na fine film \t1\ndull\t0\n")
+    write_split(d, "dev", "sentence\tlabel\nnever read\t1\n")
+    assert read_unlabeled(d) == ["a fine film", "dull"]
+    assert read_unlabeled(d / "train.tsv") == ["a fine film", "dull"]
+    pairs = tmp_path / "pairs"
+    write_split(pairs, "train", "sentence1\tsentence2\tscore\nleft\tright\t3.0\n")
+    assert sorted(read_unlabeled(pairs)) == ["left", "right"]
+
+
+def test_unlabeled_folder_without_train(tmp_path):
+    write_split(tmp_path / "d", "dev", "sentence\tlabel\nx\t1\n")
+    with pytest.raises(DataError, match="has no train.tsv to take unlabeled text from"):
+        read_unlabeled(tmp_path / "d")

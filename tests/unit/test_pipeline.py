@@ -225,3 +225,26 @@ def test_device_stages_refuse_other_data(tiny_run_copy, sst2_small):
 
     with pytest.raises(DataError, match="does not hold the data the run was started with"):
         run_device_stages(tiny_run_copy, until="bench", data_dir=sst2_small, log=lambda m: None)
+
+
+def test_unlabeled_folder_widens_distillation_and_is_fingerprinted(
+    tiny_run_copy, tiny_bert, stsb_small, sst2_small, tmp_path
+):
+    import shutil
+
+    from kdeploy.data import load_task_data
+
+    extra = tmp_path / "extra"
+    shutil.copytree(sst2_small, extra)
+    before = load_manifest(tiny_run_copy).stages["distill"].metrics["texts"]
+    result = run(tiny_bert, stsb_small, tiny_run_copy, unlabeled=extra)
+    assert result.ran[0] == "distill"  # a new corpus is a new student
+    texts = load_manifest(tiny_run_copy).stages["distill"].metrics["texts"]
+    sst2_train = set(load_task_data(sst2_small).splits["train"].texts())
+    assert before < texts <= before + len(sst2_train)
+    assert run(tiny_bert, stsb_small, tiny_run_copy, unlabeled=extra).ran == []
+    (extra / "dev.tsv").write_text("sentence\tlabel\nnot training text\t1\n")
+    assert run(tiny_bert, stsb_small, tiny_run_copy, unlabeled=extra).ran == []  # dev unused
+    with (extra / "train.tsv").open("a") as f:
+        f.write("one more training sentence\t1\n")
+    assert run(tiny_bert, stsb_small, tiny_run_copy, unlabeled=extra).ran[0] == "distill"

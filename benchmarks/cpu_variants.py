@@ -150,6 +150,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--only", nargs="+", default=None, help="measure only these variants")
+    ap.add_argument("--latency-texts", type=int, default=500, help="batch-1 calls per system")
     args = ap.parse_args()
 
     view = open_run(args.run)
@@ -206,17 +207,27 @@ def main() -> None:
         for k, r in runners.items():
             sps[k].append(run(r, plain)[1])
             sps_b[k].append(run(r, order)[1])
+    # batch-1 latency: the same sentences one call each, systems interleaved per sentence
+    one = [enc.encode([t]) for t in texts[: args.latency_texts]]
+    lat: dict[str, list[float]] = {k: [] for k in runners}
+    for feed in one:
+        for k, r in runners.items():
+            t0 = time.perf_counter()
+            r.infer(feed)
+            lat[k].append(time.perf_counter() - t0)
     ref = "teacher optimum dyn-INT8" if "teacher optimum dyn-INT8" in runners else "dyn-s8-pc"
     print(
         f"| variant | {test.name} Spearman | sent/s b{args.batch} | x ref | sent/s bucketed | "
-        "x ref (bucketed) | MB |"
+        "x ref (bucketed) | p50 ms b1 | x ref (b1) | MB |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for k in runners:
         a, b = np.median(sps[k]), np.median(sps_b[k])
+        p50 = 1e3 * np.median(lat[k])
         print(
             f"| {k} | {acc[k]:.2f} | {a:.0f} | {a / np.median(sps[ref]):.2f}x | {b:.0f} | "
-            f"{b / np.median(sps_b[ref]):.2f}x | {variants[k].stat().st_size / 1e6:.1f} |"
+            f"{b / np.median(sps_b[ref]):.2f}x | {p50:.2f} | "
+            f"{1e3 * np.median(lat[ref]) / p50:.2f}x | {variants[k].stat().st_size / 1e6:.1f} |"
         )
 
 

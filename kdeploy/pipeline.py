@@ -280,7 +280,7 @@ def _check_student_width(teacher: ModelInfo, req: RunRequest) -> None:
         teacher.num_heads,
         teacher.intermediate_size,
         hidden=st.hidden_size,
-        ffn=st.intermediate_size,
+        ffn=st.ffn_width(teacher.intermediate_size),
     )
     narrower = st.hidden_size is not None and st.hidden_size != teacher.hidden_size
     bound = width_bound_modules(teacher.path) if narrower else []

@@ -117,8 +117,27 @@ class StudentConfig(_Strict):
         "teacher's; each layer keeps its FFN neurons with the largest weight norms.",
     )
 
+    intermediate_fraction: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Student feed-forward width as a fraction of the teacher's (rounded to a "
+        "multiple of 64 for teachers of 256 or more), so one profile fits teachers of any "
+        "width; exclusive with intermediate_size.",
+    )
+
+    def ffn_width(self, teacher_ffn: int) -> int | None:
+        """The student's feed-forward width for this teacher (None = the teacher's)."""
+        if self.intermediate_fraction is None:
+            return self.intermediate_size
+        step = 64 if teacher_ffn >= 256 else 1  # GEMM-friendly widths on real models
+        width = round(teacher_ffn * self.intermediate_fraction / step) * step
+        return min(teacher_ffn, max(width, step))
+
     @model_validator(mode="after")
     def _keep_matches(self) -> StudentConfig:
+        if self.intermediate_fraction is not None and self.intermediate_size is not None:
+            raise ValueError("set intermediate_size or intermediate_fraction, not both")
         if self.strategy == "explicit":
             if not self.keep:
                 raise ValueError("strategy 'explicit' needs a 'keep' list of layer indices")

@@ -135,6 +135,7 @@ def tiny_classifier(tmp_path_factory) -> Path:
 
 TINY_OVERRIDES = [
     "student.layers=2",
+    "student.intermediate_fraction=null",
     "distill.epochs=1",
     "distill.batch_size=16",
     "distill.max_seq_length=64",

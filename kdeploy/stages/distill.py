@@ -159,7 +159,7 @@ def run(ctx: StageContext) -> StageResult:
         ctx.work_dir,
         dev=dev,
         hidden_size=p.student.hidden_size,
-        intermediate_size=p.student.intermediate_size,
+        intermediate_size=p.student.ffn_width(info.intermediate_size),
         allow_pickle=ctx.options.allow_pickle,
         progress=ctx.options.progress,
         log=ctx.log,

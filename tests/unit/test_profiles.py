@@ -185,10 +185,22 @@ def test_student_widths():
     fit the teacher is checked by the pipeline (tests/unit/test_bad_inputs.py)."""
     default = load_profile("cpu-int8").profile.student
     assert (default.hidden_size, default.intermediate_size) == (None, None)
+    assert default.intermediate_fraction == 0.75
+    assert default.ffn_width(1536) == 1152 and default.ffn_width(3072) == 2304
+    assert default.ffn_width(64) == 48 and default.ffn_width(1) == 1  # never 0 or wider
     narrow = load_profile(
-        "cpu-int8", ["student.hidden_size=256", "student.intermediate_size=768"]
+        "cpu-int8",
+        [
+            "student.hidden_size=256",
+            "student.intermediate_size=768",
+            "student.intermediate_fraction=null",
+        ],
     ).profile.student
     assert (narrow.hidden_size, narrow.intermediate_size) == (256, 768)
-    for key in ("hidden_size", "intermediate_size"):
+    assert narrow.ffn_width(1536) == 768
+    assert load_profile("a100-int8").profile.student.ffn_width(1536) is None
+    with pytest.raises(ProfileError, match="intermediate_size or intermediate_fraction, not both"):
+        load_profile("cpu-int8", ["student.intermediate_size=768"])
+    for key in ("hidden_size", "intermediate_size", "intermediate_fraction"):
         with pytest.raises(ProfileError, match=f"--set student.{key}=0"):
             load_profile("cpu-int8", [f"student.{key}=0"])

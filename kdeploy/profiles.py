@@ -137,7 +137,10 @@ class StudentConfig(_Strict):
     @model_validator(mode="after")
     def _keep_matches(self) -> StudentConfig:
         if self.intermediate_fraction is not None and self.intermediate_size is not None:
-            raise ValueError("set intermediate_size or intermediate_fraction, not both")
+            raise ValueError(
+                "set intermediate_size or intermediate_fraction, not both (a fixed width over "
+                "a profile that sets a fraction: add --set student.intermediate_fraction=null)"
+            )
         if self.strategy == "explicit":
             if not self.keep:
                 raise ValueError("strategy 'explicit' needs a 'keep' list of layer indices")

@@ -258,11 +258,18 @@ class SparsifyConfig(_Strict):
     pattern: Literal["2:4"] = "2:4"
     method: Literal["magnitude", "sparsegpt"] = Field(
         default="magnitude",
-        description="How the 2 of every 4 weights are chosen: magnitude, or SparseGPT's "
-        "second-order (Hessian) error score from calibration texts.",
+        description="How the 2 of every 4 weights are chosen: magnitude, or SparseGPT "
+        "(second-order error score from the Hessians of each layer's inputs on calibration "
+        "texts, and the weight update that compensates the pruned weights).",
     )
     calibration_texts: int = Field(
-        default=128, ge=1, le=100_000, description="Train texts SparseGPT's Hessians see."
+        default=512, ge=1, le=100_000, description="Train texts SparseGPT's Hessians see."
+    )
+    damp: float = Field(
+        default=0.01,
+        gt=0,
+        lt=1,
+        description="SparseGPT's Hessian dampening, as a fraction of its mean diagonal.",
     )
     dense_layers: list[str] = Field(
         default=list(ALWAYS_DENSE),

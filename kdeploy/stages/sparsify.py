@@ -66,7 +66,7 @@ def calibration_texts(ctx: StageContext, n: int) -> list[str]:
 def run(ctx: StageContext) -> StageResult:
     import torch
 
-    from kdeploy.train.distill import forward_loop, save_model_dir, tokenized_batches
+    from kdeploy.train.distill import save_model_dir, tokenized_batches
     from kdeploy.train.loading import load_hf_model, load_tokenizer, pick_device
     from kdeploy.train.sparsify import (
         MASKS_FILE,
@@ -101,7 +101,7 @@ def run(ctx: StageContext) -> StageResult:
         masks, weights = load_masks(mask_path)
         ctx.log(f"reusing the 2:4 masks of {len(masks)} layers")
     else:
-        loop = None
+        batches = None
         if cfg.method == "sparsegpt":
             batches = tokenized_batches(
                 load_tokenizer(s_info.path),
@@ -110,8 +110,7 @@ def run(ctx: StageContext) -> StageResult:
                 16,
                 torch.device("cpu"),
             )
-            loop = forward_loop(batches)
-        masks, weights = compute_masks(student, layers, cfg, loop)
+        masks, weights = compute_masks(student, layers, cfg, batches)
         save_masks(mask_path, masks, weights)
         ctx.log(f"2:4 masks ({cfg.method}) on {len(masks)} of {len(layers)} Linear layers")
     load_weights(student, weights)

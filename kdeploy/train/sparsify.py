@@ -1,15 +1,13 @@
 """2:4 semi-structured sparsity of a student's Linear weights, then KD fine-tuning with the
 masks fixed.
 
-Masks come from NVIDIA TensorRT Model Optimizer (``modelopt.torch.sparsity``): its
-``sparse_magnitude`` mode (keep the 2 largest of every 4 weights along the input dimension)
-or ``sparsegpt`` (second-order: SparseGPT's error criterion w^2 / [H^-1]_jj from Hessians of
-each layer's inputs on calibration texts, Frantar & Alistarh 2023; modelopt 0.47 computes
-SparseGPT's compensating weight update on a clone and keeps only the mask, so the kept
-weights are recovered by the KD fine-tuning instead). modelopt runs on a copy of the model;
-kdeploy keeps only the masks and the resulting weights, so the student stays a plain
-transformers model (saved with ``save_pretrained``, exported by optimum) and fine-tuning
-re-applies the masks after every optimizer step.
+Masks come from NVIDIA TensorRT Model Optimizer's ``sparse_magnitude`` mode
+(``modelopt.torch.sparsity``: keep the 2 largest of every 4 weights along the input
+dimension) or from ``sparsegpt`` (kdeploy.train.sparsegpt: SparseGPT's second-order mask
+*and* its compensating weight update, which modelopt's own sparsegpt mode discards). The
+search runs on a copy of the model; kdeploy keeps only the masks and the resulting weights,
+so the student stays a plain transformers model (saved with ``save_pretrained``, exported by
+optimum) and fine-tuning re-applies the masks after every optimizer step.
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ import contextlib
 import copy
 import fnmatch
 import io
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,27 +66,30 @@ def compute_masks(
     model: torch.nn.Module,
     layers: list[LayerChoice],
     cfg: SparsifyConfig,
-    forward_loop: Callable[[torch.nn.Module], None] | None,
+    batches: Sequence[dict] | None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """2:4 masks and the new weights of the sparse layers, found by modelopt on a copy.
+    """2:4 masks and the new weights of the sparse layers, found on a copy of the model:
+    modelopt's ``sparse_magnitude``, or kdeploy's SparseGPT (mask and weight update) over
+    the calibration ``batches``.
 
     Returns ({layer: bool mask}, {layer: masked weight}).
     """
+    sparse = [x.name for x in layers if x.sparse]
+    work = copy.deepcopy(model).eval()
+    if cfg.method == "sparsegpt":
+        if not batches:
+            raise ValueError("SparseGPT needs calibration data (tokenized batches)")
+        from kdeploy.train.sparsegpt import sparsegpt
+
+        return sparsegpt(work, sparse, batches, damp=cfg.damp)
+
     import modelopt.torch.sparsity as mts
 
-    sparse = {x.name for x in layers if x.sparse}
-    work = copy.deepcopy(model).eval()
     rules: dict[str, dict | None] = {"*": None}  # dense unless named below
     rules.update({name: {} for name in sparse})
-    mode = "sparse_magnitude" if cfg.method == "magnitude" else "sparsegpt"
-    search: dict = {"verbose": False}
-    if cfg.method == "sparsegpt":
-        if forward_loop is None:
-            raise ValueError("SparseGPT needs calibration data (a forward loop)")
-        search["forward_loop"] = forward_loop
     # modelopt prints a line per layer it searches; the console keeps the progress bars
     with contextlib.redirect_stdout(io.StringIO()):
-        mts.sparsify(work, mode=[(mode, {"nn.Linear": rules})], config=search)
+        mts.sparsify(work, mode=[("sparse_magnitude", {"nn.Linear": rules})])
     masks, weights = {}, {}
     modules = dict(work.named_modules())
     for name in sparse:

@@ -116,22 +116,93 @@ def test_sparsegpt_masks_are_2to4_and_follow_the_hessian():
 
     model = _tiny_bert_module()
     cfg = SparsifyConfig(enabled=True, min_features=8, method="sparsegpt")
-    x = torch.randint(0, 50, (8, 12))
-
-    def loop(m):
-        with torch.no_grad():
-            m(input_ids=x)
-
-    masks, weights = compute_masks(model, choose_layers(model, cfg), cfg, loop)
+    x = torch.randint(1, 50, (8, 12))
+    batches = [{"input_ids": x, "attention_mask": torch.ones_like(x)}]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    masks, weights = compute_masks(model, choose_layers(model, cfg), cfg, batches)
     magnitude, _ = compute_masks(
         model, choose_layers(model, cfg), SparsifyConfig(enabled=True, min_features=8), None
     )
     differ = [n for n in masks if not torch.equal(masks[n], magnitude[n])]
     assert len(differ) >= len(masks) // 2  # the inputs' statistics changed the choice
+    for n, p in model.named_parameters():  # the search ran on a copy
+        assert torch.equal(p, before[n]), n
+    # the kept weights moved (SparseGPT's compensating update), the pruned ones are zero
+    moved = [n for n in masks if not torch.equal(weights[n], before[f"{n}.weight"] * masks[n])]
+    assert len(moved) == len(masks)
     load_weights(model, weights)
     assert check_masks(model, masks) == []
     with pytest.raises(ValueError, match="calibration"):
         compute_masks(model, choose_layers(model, cfg), cfg, None)
+
+
+def test_sparsegpt_update_lowers_the_output_error_of_its_mask():
+    """On correlated inputs the OBS update beats keeping the same mask's dense weights,
+    and SparseGPT's mask plus update beats magnitude pruning, in ||XW^T - XW'^T||."""
+    from kdeploy.train.sparsegpt import prune_2to4
+
+    g = torch.Generator().manual_seed(0)
+    mix = torch.randn(64, 64, generator=g)
+    x = torch.randn(2048, 64, generator=g) @ mix  # correlated features
+    w = torch.randn(32, 64, generator=g)
+    keep, new = prune_2to4(w, 2 * x.T @ x / len(x))
+    groups = keep.reshape(32, 16, 4)
+    assert (groups.sum(-1) == 2).all() and torch.equal(new, new * keep)
+    ref = x @ w.T
+
+    def err(v):
+        return float(((x @ v.T - ref) ** 2).mean())
+
+    top = w.abs().reshape(32, 16, 4).topk(2, dim=-1).indices
+    magnitude = torch.zeros(32, 16, 4, dtype=torch.bool).scatter_(-1, top, True).reshape(32, 64)
+    assert err(new) < 0.7 * err(w * keep)
+    assert err(new) < 0.7 * err(w * magnitude)
+
+
+def test_sparsegpt_on_white_inputs_is_magnitude_pruning():
+    """H = I: every score is w^2 and no pruned error reaches another weight's column."""
+    from kdeploy.train.sparsegpt import prune_2to4
+
+    w = torch.randn(8, 16, generator=torch.Generator().manual_seed(1))
+    keep, new = prune_2to4(w, torch.eye(16), damp=1e-9)
+    top = w.abs().reshape(8, 4, 4).topk(2, dim=-1).indices
+    magnitude = torch.zeros(8, 4, 4, dtype=torch.bool).scatter_(-1, top, True).reshape(8, 16)
+    assert torch.equal(keep, magnitude)
+    torch.testing.assert_close(new, w * keep)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        prune_2to4(torch.ones(2, 6), torch.eye(6))
+
+
+def test_sparsegpt_hessians_leave_padding_out_and_blocks_go_in_order():
+    from kdeploy.train.sparsegpt import collect_hessians, layer_groups
+
+    model = _tiny_bert_module()
+    name = "encoder.layer.0.attention.self.query"
+    a = torch.tensor([[5, 6, 7, 8]])
+    b = torch.tensor([[9, 10, 0, 0]])
+    padded = [{"input_ids": torch.cat([a, b]), "attention_mask": (torch.cat([a, b]) > 0).long()}]
+    apart = [
+        {"input_ids": a, "attention_mask": torch.ones_like(a)},
+        {"input_ids": b[:, :2], "attention_mask": torch.ones_like(b[:, :2])},
+    ]
+    # rows 0 and 1 of the padded batch at position < 2 match the unpadded run token for token
+    h_padded = collect_hessians(model, [name], padded)[name]
+    h_apart = collect_hessians(model, [name], apart)[name]
+    torch.testing.assert_close(h_padded, h_apart)
+    nopad = [{"input_ids": torch.cat([a, b])}]  # no mask: padding counted, H differs
+    assert not torch.allclose(collect_hessians(model, [name], nopad)[name], h_apart)
+    assert layer_groups(
+        [
+            "pooler.dense",
+            "encoder.layer.10.output.dense",
+            "encoder.layer.2.intermediate.dense",
+            "encoder.layer.2.output.dense",
+        ]
+    ) == [
+        ["encoder.layer.2.intermediate.dense", "encoder.layer.2.output.dense"],
+        ["encoder.layer.10.output.dense"],
+        ["pooler.dense"],
+    ]
 
 
 def test_masks_survive_an_optimizer_step_only_when_reapplied():

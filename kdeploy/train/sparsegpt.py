@@ -18,7 +18,7 @@ output ever reads; they would bias H = 2/n X^T X towards them).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -137,7 +137,6 @@ def sparsegpt(
     batches: Sequence[dict],
     *,
     damp: float = 0.01,
-    on_group: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Prune ``names`` of ``model`` in place to 2:4, block by block; returns
     ({layer: bool mask of kept weights}, {layer: new weight})."""
@@ -147,8 +146,7 @@ def sparsegpt(
     was_training = model.training
     model.eval()
     try:
-        groups = layer_groups(names)
-        for g, group in enumerate(groups):
+        for group in layer_groups(names):
             hessians = collect_hessians(model, group, batches)
             for n in group:
                 keep, w = prune_2to4(modules[n].weight, hessians[n], damp=damp)
@@ -156,8 +154,6 @@ def sparsegpt(
                     modules[n].weight.copy_(w)
                 masks[n] = keep.cpu()
                 weights[n] = w.detach().cpu().clone()
-            if on_group is not None:
-                on_group(g + 1, len(groups))
     finally:
         model.train(was_training)
     return masks, weights

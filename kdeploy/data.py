@@ -249,17 +249,3 @@ def read_unlabeled(path: Path | str) -> list[str]:
             f"{path} holds no text", where=str(path), fix="one text per line; or drop --unlabeled"
         )
     return texts
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{path} is not UTF-8 text ({exc.reason})",
-            where=str(path),
-            fix="re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
-        ) from None
-    texts = [ln.strip() for ln in lines if ln.strip()]
-    if not texts:
-        raise DataError(
-            f"{path} holds no text", where=str(path), fix="one text per line; or drop --unlabeled"
-        )
-    return texts

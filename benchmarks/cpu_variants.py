@@ -135,7 +135,7 @@ def build_variants(
 
 def main() -> None:
     from kdeploy.data import load_task_data
-    from kdeploy.rundir import open_run
+    from kdeploy.engine.rundir import open_run
     from kdeploy.runtime.card import ModelCard
     from kdeploy.runtime.metrics import cosine_rows, spearman
     from kdeploy.runtime.runners import OrtRunner

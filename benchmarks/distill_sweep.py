@@ -84,8 +84,8 @@ def run_cell(
     unlabeled: Path | None = None,
     progress: bool = False,
 ):
-    from kdeploy.pipeline import RunRequest, run_pipeline
-    from kdeploy.profiles import load_profile
+    from kdeploy.api import RunRequest, run_pipeline
+    from kdeploy.config import load_profile
     from kdeploy.stages import RunOptions
 
     loss_yaml = "{" + ", ".join(f"{k}: {v}" for k, v in losses.items()) + "}"

@@ -112,7 +112,7 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="append the table to RESULTS.md")
     args = ap.parse_args()
 
-    from kdeploy.profiles import load_profile
+    from kdeploy.config import load_profile
 
     profile = load_profile(args.profile).profile
     model_dir = args.model

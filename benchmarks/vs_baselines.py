@@ -137,7 +137,7 @@ def metric(kind: str, y: np.ndarray, n_pairs: int, gold: np.ndarray) -> float:
 
 def main() -> None:
     from kdeploy.data import load_task_data
-    from kdeploy.rundir import open_run
+    from kdeploy.engine.rundir import open_run
     from kdeploy.runtime.card import ModelCard
     from kdeploy.runtime.text import TextEncoder
 

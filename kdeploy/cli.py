@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from kdeploy import __version__
-from kdeploy.errors import InternalError, Interrupted, KdeployError, UsageError
+from kdeploy.core.errors import BudgetError, InternalError, Interrupted, KdeployError, UsageError
 
 
 class _Group(click.Group):
@@ -145,9 +145,9 @@ def compress(
     no_progress,
 ) -> None:
     """Distil, quantize, export, bench and verify a model for a profile's target."""
+    from kdeploy.api import BudgetMissed, RunRequest, run_pipeline
+    from kdeploy.config import load_profile
     from kdeploy.model_info import default_model_dir
-    from kdeploy.pipeline import RunRequest, run_pipeline
-    from kdeploy.profiles import load_profile
     from kdeploy.stages import RunOptions
 
     if force and from_stage:
@@ -172,11 +172,9 @@ def compress(
     )
     try:
         result = run_pipeline(req, log=lambda m: click.echo(m, err=True))
-    except KdeployError as exc:
-        done = getattr(exc, "result", None)
-        if done is not None:  # budgets missed: the table and what ran, then the error
-            _print_summary(done.run_dir)
-            _print_ran(done)
+    except BudgetMissed as exc:  # the table and what ran, then the error
+        _print_summary(exc.result.run_dir)
+        _print_ran(exc.result)
         raise
     _print_summary(result.run_dir)
     _print_ran(result)
@@ -190,7 +188,7 @@ def _print_ran(result) -> None:
 
 
 def _print_summary(run_dir: Path) -> None:
-    from kdeploy.report import budgets_table, chain_table, models_table
+    from kdeploy.report.markdown import budgets_table, chain_table, models_table
 
     report_path = run_dir / "package" / "report.json"
     if not report_path.is_file():
@@ -214,7 +212,7 @@ def profiles() -> None:
 @profiles.command("list")
 def profiles_list() -> None:
     """Known profiles and where they come from."""
-    from kdeploy.profiles import available_profiles, load_profile
+    from kdeploy.config import available_profiles, load_profile
 
     for name, path in available_profiles().items():
         try:
@@ -230,7 +228,7 @@ def profiles_list() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 def profiles_show(ref, overrides) -> None:
     """The fully resolved profile (extends merged, defaults filled in) as YAML."""
-    from kdeploy.profiles import dump_profile, load_profile
+    from kdeploy.config import dump_profile, load_profile
 
     loaded = load_profile(ref, list(overrides))
     click.echo(f"# {loaded.name}: from {', '.join(str(s) for s in loaded.sources)}")
@@ -242,7 +240,7 @@ def profiles_show(ref, overrides) -> None:
 @click.argument("refs", nargs=-1, required=True)
 def profiles_check(refs) -> None:
     """Validate profiles; exit non-zero naming file and line of every problem."""
-    from kdeploy.profiles import load_profile
+    from kdeploy.config import load_profile
 
     failed: KdeployError | None = None
     for ref in refs:
@@ -260,11 +258,11 @@ def profiles_check(refs) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=None)
 def profiles_schema(out) -> None:
     """The JSON Schema of a profile (for editors)."""
-    from kdeploy.profiles import json_schema
+    from kdeploy.config import json_schema
 
     text = json.dumps(json_schema(), indent=2) + "\n"
     if out:
-        from kdeploy.fsutil import atomic_write_text
+        from kdeploy.core.fsutil import atomic_write_text
 
         atomic_write_text(out, text)
     else:
@@ -272,40 +270,6 @@ def profiles_schema(out) -> None:
 
 
 # ---------------------------------------------------------------------------- device side
-
-
-def _device_profile(profile_ref, view, overrides):
-    """The profile for bench/verify: --profile, else the run's own, else cpu-int8."""
-    from kdeploy.profiles import load_profile
-
-    if profile_ref:
-        return load_profile(profile_ref, list(overrides))
-    if view is not None:
-        return load_profile(view.run_dir / "profile.yaml", list(overrides))
-    return load_profile("cpu-int8", list(overrides))
-
-
-def _models_for(target: Path, reference: Path | None) -> tuple[dict[str, Path], object | None]:
-    from kdeploy.rundir import is_run_dir, open_run
-    from kdeploy.runtime.card import model_dir_of
-
-    if is_run_dir(target):
-        view = open_run(target)
-        return view.models, view
-    from kdeploy.errors import RunDirError
-    from kdeploy.runtime.card import CARD_NAME
-
-    if not (model_dir_of(target) / CARD_NAME).is_file():
-        raise RunDirError(
-            f"{target} is not a kdeploy run directory or model dir",
-            where=str(target),
-            fix="pass a run dir (with manifest.json) or a model dir / .onnx file written by "
-            "kdeploy (with kdeploy_model.json)",
-        )
-    models = {"model": model_dir_of(target)}
-    if reference is not None:
-        models = {"teacher_fp32": model_dir_of(reference), "student_fp32": model_dir_of(target)}
-    return models, None
 
 
 @cli.command()
@@ -339,20 +303,14 @@ def _models_for(target: Path, reference: Path | None) -> tuple[dict[str, Path], 
 )
 def bench(target, data_dir, profile_ref, overrides, json_out) -> None:
     """Latency grid and throughput of a run dir's models or of one ONNX model (no torch)."""
-    from kdeploy.stages.bench import bench_models, throughput_texts
+    from kdeploy import api
 
-    models, view = _models_for(target, None)
-    loaded = _device_profile(profile_ref, view, overrides)
-    p = loaded.profile
-    data = data_dir or (view.run_data() if view else None)
-    texts = throughput_texts(data, p.bench) if data else None
-    result = bench_models(
-        models,
-        p.bench,
-        threads=p.target.threads,
-        texts=texts,
+    result = api.bench(
+        target,
+        data_dir=data_dir,
+        profile_ref=profile_ref,
+        overrides=list(overrides),
         log=lambda m: click.echo(m, err=True),
-        profile=p,
     )
     click.echo("| model | batch x seq | p50 ms | p99 ms |\n|---|---|---|---|")
     for name, m in result["models"].items():
@@ -361,12 +319,12 @@ def bench(target, data_dir, profile_ref, overrides, json_out) -> None:
                 f"| {name} | {g['batch']} x {g['sequence']} | {g['p50_ms']:.2f} | "
                 f"{g['p99_ms']:.2f} |"
             )
-    if texts:
+    if any("throughput" in m for m in result["models"].values()):
         click.echo("\n| model | sentences/s |\n|---|---|")
         for name, m in result["models"].items():
             click.echo(f"| {name} | {m['throughput']['sentences_per_s']:.1f} |")
     if json_out:
-        from kdeploy.fsutil import atomic_write_json
+        from kdeploy.core.fsutil import atomic_write_json
 
         atomic_write_json(json_out, result)
 
@@ -402,34 +360,15 @@ def bench(target, data_dir, profile_ref, overrides, json_out) -> None:
 )
 def verify(target, data_dir, reference, profile_ref, overrides, json_out) -> None:
     """Task metric, retention and budgets of a run dir or an ONNX model (no torch)."""
-    from kdeploy.errors import BudgetError
-    from kdeploy.fsutil import read_json
-    from kdeploy.report import budgets_table
-    from kdeploy.stages.verify import verify_models
+    from kdeploy import api
+    from kdeploy.report.markdown import budgets_table
 
-    models, view = _models_for(target, reference)
-    if view is None and reference is None:
-        raise UsageError(
-            "verify of a single model needs --reference TEACHER_DIR to compute retention",
-            where=f"kdeploy verify {target}",
-            fix="pass --reference, or verify a run directory",
-        )
-    if view is None and data_dir is None:
-        raise UsageError(
-            "verify of a model needs --data DIR (a model dir does not say which data it was "
-            "made for)",
-            where=f"kdeploy verify {target}",
-            fix="pass --data DIR with the eval split",
-        )
-    loaded = _device_profile(profile_ref, view, overrides)
-    bench_json = None
-    if view is not None and "bench" in view.manifest.stages:
-        bench_json = read_json(view.artifact("bench"))
-    result = verify_models(
-        models,
-        data_dir or view.run_data(),
-        loaded.profile,
-        bench_json,
+    result = api.verify(
+        target,
+        data_dir=data_dir,
+        reference=reference,
+        profile_ref=profile_ref,
+        overrides=list(overrides),
         log=lambda m: click.echo(m, err=True),
     )
     click.echo("| model | metric | value | retention |\n|---|---|---|---|")
@@ -438,7 +377,7 @@ def verify(target, data_dir, reference, profile_ref, overrides, json_out) -> Non
     if result["budgets"]:
         click.echo("\n" + "\n".join(budgets_table(result)))
     if json_out:
-        from kdeploy.fsutil import atomic_write_json
+        from kdeploy.core.fsutil import atomic_write_json
 
         atomic_write_json(json_out, result)
     if not result["passed"]:
@@ -470,8 +409,8 @@ def verify(target, data_dir, reference, profile_ref, overrides, json_out) -> Non
 def build(run_dir, until, data_dir, force) -> None:
     """Build the TensorRT engine of a run on the target GPU (no torch), then optionally
     bench, verify and package it (--until package)."""
-    from kdeploy.fsutil import read_json
-    from kdeploy.pipeline import run_device_stages
+    from kdeploy.api import BudgetMissed, run_device_stages
+    from kdeploy.core.fsutil import read_json
     from kdeploy.runtime.layer_report import report_lines
 
     try:
@@ -482,9 +421,8 @@ def build(run_dir, until, data_dir, force) -> None:
             force=force,
             log=lambda m: click.echo(m, err=True),
         )
-    except KdeployError as exc:
-        if exc.exit_code == 8:
-            _print_summary(run_dir)
+    except BudgetMissed:
+        _print_summary(run_dir)
         raise
     rec = result.manifest.stages.get("build")
     if rec is not None:
@@ -505,15 +443,15 @@ def build(run_dir, until, data_dir, force) -> None:
 def serve_check_cmd(run_dir, json_out) -> None:
     """Check a packaged run: Triton config vs graph, runtime and Triton model vs the stored
     reference outputs (no torch; needs kdeploy[triton] for the config)."""
-    from kdeploy.errors import ModelError
-    from kdeploy.servecheck import serve_check
+    from kdeploy.api import serve_check
+    from kdeploy.core.errors import ModelError
 
     result = serve_check(run_dir, log=lambda m: click.echo(m, err=True))
     click.echo("| check | result | detail |\n|---|---|---|")
     for c in result["checks"]:
         click.echo(f"| {c['check']} | {'pass' if c['passed'] else '**FAIL**'} | {c['detail']} |")
     if json_out:
-        from kdeploy.fsutil import atomic_write_json
+        from kdeploy.core.fsutil import atomic_write_json
 
         atomic_write_json(json_out, result)
     if not result["passed"]:

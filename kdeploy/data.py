@@ -13,8 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdeploy.errors import DataError
-from kdeploy.fsutil import combine_digests, sha256_file
+import numpy as np
+
+from kdeploy.core.errors import DataError
+from kdeploy.core.fsutil import combine_digests, sha256_file
 
 SPLITS = ("train", "dev", "test")
 TEXT_COLUMNS = ("sentence1", "sentence2", "sentence", "text")
@@ -249,3 +251,65 @@ def read_unlabeled(path: Path | str) -> list[str]:
             f"{path} holds no text", where=str(path), fix="one text per line; or drop --unlabeled"
         )
     return texts
+
+
+# (text, paired text or None, gold label or None): one distillation example
+TrainItem = tuple[str, str | None, int | None]
+
+
+def training_items(
+    data_dir: Path,
+    unlabeled: Path | None,
+    kind: str,
+    *,
+    cap: int | None = None,
+    seed: int = 0,
+) -> list[TrainItem]:
+    """Distinct training texts: every text column of the train split (+ the unlabeled
+    texts), blank ones dropped, at most ``cap`` of them (a seeded sample).
+
+    Classifier rows keep their gold label (for the hard-label loss); the unlabeled texts
+    and, for embedding teachers, every text have none. Dev and test are never read.
+    """
+    train = load_task_data(data_dir).splits["train"]
+    items: list[TrainItem]
+    if kind == "classification":
+        labels = train.labels or [None] * len(train)
+        pairs = train.texts_b or [None] * len(train)
+        items = [
+            (a, b, None if y is None else int(y))
+            for a, b, y in zip(train.texts_a, pairs, labels, strict=True)
+        ]
+    else:
+        items = [(t, None, None) for t in train.texts()]
+    if unlabeled is not None:
+        items += [(t, None, None) for t in read_unlabeled(unlabeled)]
+    seen: set = set()
+    unique = []
+    for it in items:
+        if it[:2] not in seen and it[0].strip():
+            seen.add(it[:2])
+            unique.append(it)
+    if cap is not None and cap < len(unique):
+        rng = np.random.default_rng(seed)
+        pick = np.sort(rng.choice(len(unique), size=cap, replace=False))
+        unique = [unique[i] for i in pick]
+    return unique
+
+
+def sample_texts(texts: list[str], n: int, seed: int) -> list[str]:
+    """A seeded sample of ``n`` texts, in their original order (calibration text)."""
+    rng = np.random.default_rng(seed)
+    n = min(n, len(texts))
+    return [texts[i] for i in sorted(rng.choice(len(texts), size=n, replace=False))]
+
+
+def calibration_texts(data_dir: Path, n: int, seed: int) -> list[str]:
+    """``n`` texts of the train split (never dev/test), seeded."""
+    return sample_texts(load_task_data(data_dir).splits["train"].texts(), n, seed)
+
+
+def labelled_dev(data_dir: Path) -> Split | None:
+    """The labelled dev split that picks the best epoch, if there is one."""
+    dev = load_task_data(data_dir).splits.get("dev")
+    return dev if dev is not None and dev.labels is not None else None

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdeploy.errors import ModelError
+from kdeploy.core.errors import ModelError
 
 # Encoder families whose layers live in ``<base>.encoder.layer`` and that optimum exports.
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
@@ -224,3 +224,13 @@ def default_model_dir() -> Path:
 
 # Task of the data (kdeploy.data) that each model kind is evaluated with.
 TASK_FOR_KIND = {"embedding": "sts", "classification": "classification"}
+
+
+# sparsify's record in a sparse student's model dir: per Linear layer sparse or dense, why
+SPARSITY_FILE = "sparsity.json"
+
+
+def sparse_layers(model_dir: Path) -> list[str]:
+    """The Linear layers a sparse student's ``sparsity.json`` says carry 2:4 masks."""
+    report = _read_json(Path(model_dir) / SPARSITY_FILE)
+    return [x["name"] for x in report["layers"] if x["sparse"]]

@@ -153,8 +153,8 @@ TINY_OVERRIDES = [
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_bert, stsb_small) -> Path:
     """A finished cpu-int8 run of the tiny BERT (do not modify; copy it first)."""
-    from kdeploy.pipeline import RunRequest, run_pipeline
-    from kdeploy.profiles import load_profile
+    from kdeploy.api import RunRequest, run_pipeline
+    from kdeploy.config import load_profile
     from kdeploy.stages import RunOptions
 
     out = tmp_path_factory.mktemp("runs") / "tiny"

@@ -1,10 +1,12 @@
-"""BuildPlan: a profile turned into TensorRT builder settings, as plain data.
+"""BuildPlan: a target's build settings turned into TensorRT builder settings, as plain data.
 
-Nothing here imports TensorRT. The builder calls (``kdeploy.runtime.trt_build``), the
-``trtexec`` command line for users who build on the device, and the ONNX Runtime
-TensorRT-EP options are all rendered from one ``BuildPlan``, setting by setting: every
-``Setting`` kind has exactly one renderer per consumer, so the three agree by construction
-(a test checks that no kind is left without one).
+Nothing here imports TensorRT, nor the pipeline's profile schema: the config layer hands
+the runtime a ``BuildSettings`` (``kdeploy.config.settings.build_settings``). The builder
+calls (``kdeploy.runtime.trt_build``), the ``trtexec`` command line for users who build on
+the device, and the ONNX Runtime TensorRT-EP options are all rendered from one
+``BuildPlan``, setting by setting: every ``Setting`` kind has exactly one renderer per
+consumer, so the three agree by construction (a test checks that no kind is left without
+one).
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdeploy.devices import caps
-from kdeploy.errors import ModelError
-from kdeploy.profiles import ExportShapes, Profile
+from kdeploy.core.devices import caps
+from kdeploy.core.errors import ModelError
+from kdeploy.runtime.graph import TensorSpec, onnx_inputs
+
+__all__ = ["BuildPlan", "BuildSettings", "AxisRange", "make_plan", "onnx_inputs", "TensorSpec"]
 
 # target.precision -> TensorRT BuilderFlag names (weakly typed network, TensorRT 10.x).
 # INT8 comes from explicit Q/DQ nodes written by the quantize stage (no calibrator is ever
@@ -45,12 +49,27 @@ LAYER_INFO_FILE = "layers.json"
 
 
 @dataclass(frozen=True)
-class InputSpec:
-    """One input as the ONNX model declares it (a dim is an int, a symbolic name or None)."""
+class AxisRange:
+    """min / opt / max of one dynamic axis (batch or sequence)."""
 
-    name: str
-    shape: tuple[int | str | None, ...]
-    dtype: str = "tensor(int64)"
+    min: int
+    opt: int
+    max: int
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """What a TensorRT build needs to know about its target, as plain data."""
+
+    device: str  # a kdeploy.core.devices name
+    precision: str  # fp32 | fp16 | int8 | fp8
+    batch: AxisRange
+    sequence: AxisRange
+    sparse: bool = False  # the weights are 2:4: ask for sparse kernels
+    workspace_mb: int = 4096
+    optimization_level: int = 3
+    dla_core: int | None = None
+    gpu_fallback: bool = True
 
 
 @dataclass(frozen=True)
@@ -118,31 +137,15 @@ class BuildPlan:
 # ------------------------------------------------------------------------- shapes
 
 
-def onnx_inputs(path: Path) -> list[InputSpec]:
-    """The inputs an ONNX file declares, read with ONNX Runtime (no onnx package needed)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise ModelError(
-            f"cannot read the inputs of {path}: {str(exc).splitlines()[0]}", where=str(path)
-        ) from None
-    return [InputSpec(i.name, tuple(i.shape), i.type) for i in sess.get_inputs()]
-
-
 def shape_ranges(
-    inputs: list[InputSpec], shapes: ExportShapes, where: str
+    inputs: list[TensorSpec], batch: AxisRange, sequence: AxisRange, where: str
 ) -> tuple[ShapeRange, ...]:
     """One min/opt/max range per input from the profile's batch x sequence ranges.
 
     Every input of a BERT-family model is (batch, sequence). A static dimension is only
     accepted when the profile pins that axis to the same value (min = opt = max = dim).
     """
-    axes = (("batch", shapes.batch), ("sequence", shapes.sequence))
+    axes = (("batch", batch), ("sequence", sequence))
     out = []
     if not inputs:
         raise ModelError(f"{where} declares no inputs", where=where)
@@ -166,9 +169,9 @@ def shape_ranges(
         out.append(
             ShapeRange(
                 spec.name,
-                (shapes.batch.min, shapes.sequence.min),
-                (shapes.batch.opt, shapes.sequence.opt),
-                (shapes.batch.max, shapes.sequence.max),
+                (batch.min, sequence.min),
+                (batch.opt, sequence.opt),
+                (batch.max, sequence.max),
             )
         )
     return tuple(out)
@@ -184,14 +187,13 @@ def shape_spec(shapes: tuple[ShapeRange, ...], which: str) -> str:
 
 
 def make_plan(
-    profile: Profile, inputs: list[InputSpec], *, onnx: str, out_dir: str = "build/student"
+    t: BuildSettings, inputs: list[TensorSpec], *, onnx: str, out_dir: str = "build/student"
 ) -> BuildPlan:
-    """The build a profile asks for, for an ONNX model with these inputs."""
-    t = profile.target
+    """The build these settings ask for, for an ONNX model with these inputs."""
     dev = caps(t.device)
     flags = list(PRECISION_FLAGS[t.precision])
     notes = []
-    if profile.sparsify.enabled:
+    if t.sparse:
         flags.append("SPARSE_WEIGHTS")
     if t.dla_core is not None and t.gpu_fallback:
         flags.append("GPU_FALLBACK")
@@ -202,15 +204,15 @@ def make_plan(
         compute_capability=dev.sm_str,
         precision=t.precision,
         flags=tuple(flags),
-        shapes=shape_ranges(inputs, profile.export.shapes, onnx),
+        shapes=shape_ranges(inputs, t.batch, t.sequence, onnx),
         workspace_mb=t.workspace_mb,
-        optimization_level=t.builder_optimization_level,
+        optimization_level=t.optimization_level,
         dla_core=t.dla_core,
         onnx=onnx,
         engine=f"{out_dir}/{ENGINE_FILE}",
         timing_cache=f"{out_dir}/{TIMING_CACHE_FILE}",
         layer_info=f"{out_dir}/{LAYER_INFO_FILE}",
-        sparse_requested=profile.sparsify.enabled,
+        sparse_requested=t.sparse,
         notes=tuple(notes),
     )
 

@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kdeploy.errors import ModelError
+from kdeploy.core.errors import ModelError
 
 CARD_NAME = "kdeploy_model.json"
 
@@ -30,7 +30,7 @@ class ModelCard:
     extra: dict = field(default_factory=dict)
 
     def save(self, directory: Path) -> None:
-        from kdeploy.fsutil import atomic_write_json
+        from kdeploy.core.fsutil import atomic_write_json
 
         atomic_write_json(directory / CARD_NAME, asdict(self))
 

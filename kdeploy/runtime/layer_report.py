@@ -30,7 +30,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from kdeploy.errors import ModelError
+from kdeploy.core.errors import ModelError
 
 # Data-type words in "Format/Datatype" strings (long forms like "Thirty-two wide channel
 # vectorized row major Int8 format" and TensorRT 10's Myelin short forms like "Half").

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kdeploy.errors import ModelError
+from kdeploy.core.errors import ModelError
 from kdeploy.runtime.card import ModelCard, resolve_model_dir
-from kdeploy.runtime.runners import make_runner
+from kdeploy.runtime.runners import RunnerSettings, make_runner
 from kdeploy.runtime.text import TextEncoder
 
 
@@ -40,7 +40,7 @@ class _Loaded:
         batch_size: int = 32,
         max_length: int | None = None,
         bucketing: bool = True,
-        profile=None,
+        settings: RunnerSettings | None = None,
     ):
         if batch_size < 1:
             raise ModelError(f"batch_size must be >= 1, got {batch_size}")
@@ -51,9 +51,9 @@ class _Loaded:
         self.text = TextEncoder(
             self.dir / self.card.tokenizer_file, max_length or self.card.max_seq_length
         )
-        # profile (a kdeploy.profiles.Profile) picks GPU providers; None runs on the CPU
+        # settings pick GPU providers (kdeploy.config.settings.runner_settings); None: CPU
         self.runner = make_runner(
-            self.dir, self.card, threads=threads, profile=profile, name=self.dir.name
+            self.dir, self.card, threads=threads, settings=settings, name=self.dir.name
         )
         self._open = False
 

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from kdeploy.errors import DependencyError, ModelError
+from kdeploy.core.errors import DependencyError, ModelError
 
 if TYPE_CHECKING:
-    from kdeploy.profiles import Profile
+    from kdeploy.runtime.build_plan import BuildSettings
     from kdeploy.runtime.card import ModelCard
 
 # target.ort_providers names -> ONNX Runtime execution providers
@@ -27,6 +28,20 @@ ORT_PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
 }
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    """Where ONNX models run: execution providers in priority order (``cpu``, ``cuda``,
+    ``tensorrt``) and, for the TensorRT EP, the target's build settings (the same
+    ``BuildSettings`` as ``kdeploy build``). The config layer makes one from a profile."""
+
+    providers: tuple[str, ...] = ("cpu",)
+    build: BuildSettings | None = None
+
+    @property
+    def cpu_only(self) -> bool:
+        return self.providers == ("cpu",)
 
 
 class Runner(Protocol):
@@ -166,9 +181,9 @@ def cache_dir() -> Path:
 
 
 def ort_provider_config(
-    profile: Profile, model_path: Path
+    settings: RunnerSettings, model_path: Path
 ) -> tuple[list[str], list[dict[str, str]]]:
-    """ONNX Runtime providers and their options for a profile's target.
+    """ONNX Runtime providers and their options for a target.
 
     The TensorRT EP gets its optimization profile, precision, workspace and cache options
     from the same BuildPlan as ``kdeploy build`` and the trtexec line.
@@ -176,10 +191,15 @@ def ort_provider_config(
     from kdeploy.runtime.build_plan import make_plan, onnx_inputs, ort_trt_options
 
     names, options = [], []
-    for p in profile.target.providers():
+    for p in settings.providers:
         names.append(ORT_PROVIDERS[p])
         if p == "tensorrt":
-            plan = make_plan(profile, onnx_inputs(model_path), onnx=str(model_path))
+            if settings.build is None:
+                raise ModelError(
+                    "the TensorRT execution provider needs the target's build settings",
+                    fix="pass RunnerSettings(providers=..., build=BuildSettings(...))",
+                )
+            plan = make_plan(settings.build, onnx_inputs(model_path), onnx=str(model_path))
             options.append(ort_trt_options(plan, cache_dir() / "ort-trt"))
         elif p == "cuda":
             options.append({"device_id": "0"})
@@ -196,11 +216,11 @@ def open_model_file(
     *,
     threads: int | None = None,
     outputs: list[str] | None = None,
-    profile: Profile | None = None,
+    settings: RunnerSettings | None = None,
     name: str | None = None,
 ) -> Runner:
     """The one runner factory, keyed by the model file: a TensorRT engine (.plan/.engine)
-    or ONNX Runtime with the profile's providers (CPU when there is no profile). Not entered
+    or ONNX Runtime with the settings' providers (CPU when there are none). Not entered
     yet: use it in a ``with`` block. An unknown suffix is an error, never a fallback."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -214,9 +234,9 @@ def open_model_file(
             where=str(path),
             fix=f"kdeploy loads {', '.join(MODEL_FILE_SUFFIXES)} files",
         )
-    if profile is None or profile.target.providers() == ["cpu"]:
+    if settings is None or settings.cpu_only:
         return OrtRunner(path, threads=threads, outputs=outputs, name=name)
-    providers, options = ort_provider_config(profile, path)
+    providers, options = ort_provider_config(settings, path)
     return OrtRunner(
         path,
         threads=threads,
@@ -232,7 +252,7 @@ def make_runner(
     card: ModelCard,
     *,
     threads: int | None = None,
-    profile: Profile | None = None,
+    settings: RunnerSettings | None = None,
     name: str | None = None,
 ) -> Runner:
     """The runner for a model dir (its card names the file and the output to read)."""
@@ -240,6 +260,6 @@ def make_runner(
         Path(model_dir) / card.model_file,
         threads=threads,
         outputs=[card.output],
-        profile=profile,
+        settings=settings,
         name=name,
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdeploy.errors import ModelError
+from kdeploy.core.errors import ModelError
 
 
 class TextEncoder:

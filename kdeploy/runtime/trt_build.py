@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdeploy.deps import require
-from kdeploy.errors import DependencyError, ModelError, StageError
+from kdeploy.core.deps import require
+from kdeploy.core.errors import DependencyError, ModelError, StageError
 from kdeploy.runtime.build_plan import (
     ENGINE_FILE,
     LAYER_INFO_FILE,

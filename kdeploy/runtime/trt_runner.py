@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kdeploy.deps import require
-from kdeploy.errors import ModelError
+from kdeploy.core.deps import require
+from kdeploy.core.errors import ModelError
 from kdeploy.runtime.trt_build import import_tensorrt
 
 ENGINE_SUFFIXES = (".plan", ".engine")

@@ -17,9 +17,9 @@ import importlib.util
 import shutil
 from pathlib import Path
 
-from kdeploy.deps import version_of
-from kdeploy.fsutil import atomic_write_json, atomic_write_text
-from kdeploy.profiles import Profile
+from kdeploy.config.settings import build_settings
+from kdeploy.core.deps import version_of
+from kdeploy.core.fsutil import atomic_write_json, atomic_write_text
 from kdeploy.runtime.build_plan import (
     ENGINE_FILE,
     LAYER_INFO_FILE,
@@ -30,100 +30,104 @@ from kdeploy.runtime.build_plan import (
 )
 from kdeploy.runtime.card import ModelCard
 from kdeploy.runtime.layer_report import load_layer_info, parse_layers, summarize
-from kdeploy.stages import StageContext, StageResult
+from kdeploy.stages.base import Stage, StageInputs, StageResult, need
 
-CONSUMES = ("student_int8|student_onnx",)
-PRODUCES = ("student_trt",)
-TOOLS = ("tensorrt",)
 SIDECARS = ("tokenizer.json", "config.json")
 
 
-def enabled(profile: Profile) -> bool:
-    return profile.target.runtime == "trt"
+class Build(Stage):
+    name = "build"
+    consumes = (need("student_int8", "student_onnx", role="student"),)
+    produces = ("student_trt",)
+    tools = ("tensorrt",)
 
+    def enabled(self) -> bool:
+        return self.profile.target.runtime == "trt"
 
-def config(profile: Profile) -> dict:
-    t = profile.target
-    return {
-        "target": t.model_dump(mode="json", exclude={"threads", "timing_cache", "ort_providers"}),
-        "shapes": profile.export.shapes.model_dump(mode="json"),
-        "sparsify": profile.sparsify.model_dump(mode="json"),
-    }
+    def config(self) -> dict:
+        p = self.profile
+        return {
+            "target": p.target.model_dump(
+                mode="json", exclude={"threads", "timing_cache", "ort_providers"}
+            ),
+            "shapes": p.export.shapes.model_dump(mode="json"),
+            "sparsify": p.sparsify.model_dump(mode="json"),
+        }
 
-
-def unavailable() -> str | None:
-    if importlib.util.find_spec("tensorrt") is None:
-        return "this machine has no TensorRT (the engine must be built on the target GPU)"
-    return None
-
-
-def shared_cache_path(profile: Profile, plan: BuildPlan) -> Path | None:
-    """The persistent timing cache for this device and TensorRT version (None: off)."""
-    root = profile.target.timing_cache
-    if not root:
+    def unavailable(self) -> str | None:
+        if importlib.util.find_spec("tensorrt") is None:
+            return "this machine has no TensorRT (the engine must be built on the target GPU)"
         return None
-    sm = plan.compute_capability.replace("SM ", "sm").replace(".", "")
-    return Path(root).expanduser() / f"{plan.device}-{sm}-trt{version_of('tensorrt')}.cache"
 
+    def shared_cache_path(self, plan: BuildPlan) -> Path | None:
+        """The persistent timing cache for this device and TensorRT version (None: off)."""
+        root = self.profile.target.timing_cache
+        if not root:
+            return None
+        sm = plan.compute_capability.replace("SM ", "sm").replace(".", "")
+        return Path(root).expanduser() / f"{plan.device}-{sm}-trt{version_of('tensorrt')}.cache"
 
-def plan_for(ctx: StageContext) -> tuple[BuildPlan, Path, ModelCard]:
-    key = "student_int8" if "student_int8" in ctx.inputs else "student_onnx"
-    src = ctx.input(key)
-    card = ModelCard.load(src)
-    onnx_path = src / card.model_file
-    try:
-        rel = onnx_path.resolve().relative_to(ctx.run_dir.resolve()).as_posix()
-    except ValueError:
-        rel = str(onnx_path)
-    plan = make_plan(ctx.profile, onnx_inputs(onnx_path), onnx=rel)
-    return plan, onnx_path, card
+    def plan(self, onnx_path: Path) -> BuildPlan:
+        """The build the profile asks for; paths relative to the run directory."""
+        try:
+            rel = onnx_path.resolve().relative_to(self.env.run_dir.resolve()).as_posix()
+        except ValueError:
+            rel = str(onnx_path)
+        return make_plan(build_settings(self.profile), onnx_inputs(onnx_path), onnx=rel)
 
+    def run(self, inputs: StageInputs, out_dir: Path) -> StageResult:
+        from kdeploy.runtime.trt_build import build_engine
 
-def run(ctx: StageContext) -> StageResult:
-    from kdeploy.runtime.trt_build import build_engine
+        src = inputs["student"]
+        card = ModelCard.load(src)
+        onnx_path = src / card.model_file
+        plan = self.plan(onnx_path)
+        out = out_dir / "student"
+        out.mkdir(parents=True, exist_ok=True)
+        command = trtexec_command(plan)
+        self.log(f"same build with trtexec, from the run dir:\n  {command}")
+        outcome = build_engine(
+            plan, onnx_path, out, shared_cache=self.shared_cache_path(plan), log=self.log
+        )
+        layers = parse_layers(load_layer_info(out / LAYER_INFO_FILE), str(out / LAYER_INFO_FILE))
+        summary = summarize(
+            layers,
+            precision=plan.precision,
+            sparse_requested=plan.sparse_requested,
+            log_sparsity=outcome["log_sparsity"],
+        )
+        for w in summary["warnings"]:
+            self.log(f"warning: {w}")
+        self._write_model_dir(out, onnx_path, card, plan, outcome)
+        atomic_write_json(out / "build_plan.json", plan.to_json())
+        atomic_write_json(out / "layer_report.json", {"summary": summary, "layers": layers})
+        atomic_write_text(
+            out / "trtexec.sh",
+            "#!/bin/sh\n# The same build with trtexec (TensorRT 10.x), run from the run "
+            f"directory.\n{command}\n",
+        )
+        metrics = {
+            "plan": plan.to_json(),
+            "trtexec": command,
+            **{k: v for k, v in outcome.items() if k != "builder_warnings"},
+            "layers": summary,
+        }
+        return StageResult(outputs={"student_trt": out}, metrics=metrics)
 
-    plan, onnx_path, card = plan_for(ctx)
-    out = ctx.work_dir / "student"
-    out.mkdir(parents=True, exist_ok=True)
-    command = trtexec_command(plan)
-    ctx.log(f"same build with trtexec, from the run dir:\n  {command}")
-    outcome = build_engine(
-        plan, onnx_path, out, shared_cache=shared_cache_path(ctx.profile, plan), log=ctx.log
-    )
-    layers = parse_layers(load_layer_info(out / LAYER_INFO_FILE), str(out / LAYER_INFO_FILE))
-    summary = summarize(
-        layers,
-        precision=plan.precision,
-        sparse_requested=plan.sparse_requested,
-        log_sparsity=outcome["log_sparsity"],
-    )
-    for w in summary["warnings"]:
-        ctx.log(f"warning: {w}")
-    for name in SIDECARS:
-        if (onnx_path.parent / name).is_file():
-            shutil.copy2(onnx_path.parent / name, out / name)
-    card.model_file = ENGINE_FILE
-    card.precision = plan.precision
-    card.extra = {
-        **card.extra,
-        "runtime": "tensorrt",
-        "tensorrt": outcome["tensorrt"],
-        "device": plan.device,
-        "compute_capability": plan.compute_capability,
-        "built_from": plan.onnx,
-    }
-    card.save(out)
-    atomic_write_json(out / "build_plan.json", plan.to_json())
-    atomic_write_json(out / "layer_report.json", {"summary": summary, "layers": layers})
-    atomic_write_text(
-        out / "trtexec.sh",
-        "#!/bin/sh\n# The same build with trtexec (TensorRT 10.x), run from the run directory.\n"
-        f"{command}\n",
-    )
-    metrics = {
-        "plan": plan.to_json(),
-        "trtexec": command,
-        **{k: v for k, v in outcome.items() if k != "builder_warnings"},
-        "layers": summary,
-    }
-    return StageResult(outputs={"student_trt": out}, metrics=metrics)
+    @staticmethod
+    def _write_model_dir(out: Path, onnx_path: Path, card: ModelCard, plan: BuildPlan, outcome):
+        """The engine dir as a deployable model dir: tokenizer, config and its card."""
+        for name in SIDECARS:
+            if (onnx_path.parent / name).is_file():
+                shutil.copy2(onnx_path.parent / name, out / name)
+        card.model_file = ENGINE_FILE
+        card.precision = plan.precision
+        card.extra = {
+            **card.extra,
+            "runtime": "tensorrt",
+            "tensorrt": outcome["tensorrt"],
+            "device": plan.device,
+            "compute_capability": plan.compute_capability,
+            "built_from": plan.onnx,
+        }
+        card.save(out)

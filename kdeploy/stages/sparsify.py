@@ -8,149 +8,150 @@ Trains on the train split only (plus --unlabeled); dev only picks the best epoch
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-import numpy as np
-
-from kdeploy.data import load_task_data
-from kdeploy.errors import StageError
-from kdeploy.model_info import inspect_model
-from kdeploy.profiles import Profile
-from kdeploy.stages import StageContext, StageResult
-from kdeploy.stages.distill import kd_fine_tune, remove_leftovers
-
-CONSUMES = ("student_model|teacher_model", "teacher_model", "dataset", "unlabeled_text?")
-PRODUCES = ("sparse_model",)
-TOOLS = ("torch", "transformers", "safetensors", "nvidia-modelopt")
-RESUMABLE = True
-REPORT_FILE = "sparsity.json"
+from kdeploy.core.errors import StageError
+from kdeploy.data import calibration_texts, labelled_dev
+from kdeploy.model_info import SPARSITY_FILE, ModelInfo
+from kdeploy.stages.base import Stage, StageInputs, StageResult, maybe, need
 
 
-def enabled(profile: Profile) -> bool:
-    return profile.sparsify.enabled
-
-
-def config(profile: Profile) -> dict:
-    return {
-        "task": profile.task,
-        "student": profile.student.model_dump(mode="json"),
-        "sparsify": profile.sparsify.model_dump(mode="json"),
-        "distill": profile.distill.model_dump(mode="json"),  # losses, batch, seed
-    }
-
-
-def student_key(ctx: StageContext) -> str:
-    return "student_model" if "student_model" in ctx.inputs else "teacher_model"
-
-
-def layer_map(ctx: StageContext, teacher_layers: int, student_layers: int) -> list[int]:
-    """Teacher layer each student layer imitates in token-level losses: the profile's map,
-    else the layers the distilled student inherited, else the identity (no distill)."""
-    p = ctx.profile
-    if p.distill.layer_map is not None:
-        return list(p.distill.layer_map)
-    if student_key(ctx) == "student_model":
-        from kdeploy.train.student import select_layers
-
-        return select_layers(teacher_layers, p.student.layers, p.student.strategy, p.student.keep)
-    return list(range(student_layers))
-
-
-def calibration_texts(ctx: StageContext, n: int) -> list[str]:
-    """A seeded sample of train-split texts (never dev/test)."""
-    texts = load_task_data(ctx.input("dataset")).splits["train"].texts()
-    rng = np.random.default_rng(ctx.profile.distill.seed)
-    n = min(n, len(texts))
-    return [texts[i] for i in sorted(rng.choice(len(texts), size=n, replace=False))]
-
-
-def run(ctx: StageContext) -> StageResult:
-    import torch
-
-    from kdeploy.train.distill import save_model_dir, tokenized_batches
-    from kdeploy.train.loading import load_hf_model, load_tokenizer, pick_device
-    from kdeploy.train.sparsify import (
-        MASKS_FILE,
-        apply_masks,
-        check_masks,
-        choose_layers,
-        compute_masks,
-        load_masks,
-        load_weights,
-        save_masks,
+class Sparsify(Stage):
+    name = "sparsify"
+    consumes = (
+        need("student_model", "teacher_model", role="student"),
+        need("teacher_model"),
+        need("dataset"),
+        maybe("unlabeled_text"),
     )
+    produces = ("sparse_model",)
+    tools = ("torch", "transformers", "safetensors", "nvidia-modelopt")
 
-    p = ctx.profile
-    cfg = p.sparsify
-    opts = dict(
-        allow_pickle=ctx.options.allow_pickle, trust_remote_code=ctx.options.trust_remote_code
-    )
-    t_info = inspect_model(ctx.input("teacher_model"), task=p.task, **opts)
-    s_info = inspect_model(ctx.input(student_key(ctx)), task=p.task, **opts)
-    torch.manual_seed(p.distill.seed)
-    student = load_hf_model(s_info, allow_pickle=ctx.options.allow_pickle)
-    layers = choose_layers(student, cfg)
-    sparse = [x for x in layers if x.sparse]
-    if not sparse:
-        raise StageError(
-            "sparsify: no Linear layer of the student is eligible for 2:4 masks",
-            where="sparsify.dense_layers / sparsify.min_features",
-            fix="loosen sparsify.dense_layers or min_features, or set sparsify.enabled: false",
+    def enabled(self) -> bool:
+        return self.profile.sparsify.enabled
+
+    def resumable(self) -> bool:
+        return True  # masks and fine-tuning checkpoints are kept in out_dir
+
+    def config(self) -> dict:
+        p = self.profile
+        return {
+            "task": p.task,
+            "student": p.student.model_dump(mode="json"),
+            "sparsify": p.sparsify.model_dump(mode="json"),
+            "distill": p.distill.model_dump(mode="json"),  # losses, batch, seed
+        }
+
+    def run(self, inputs: StageInputs, out_dir: Path) -> StageResult:
+        import torch
+
+        from kdeploy.train.distill import save_model_dir
+        from kdeploy.train.finetune import remove_leftovers
+        from kdeploy.train.loading import load_hf_model, load_tokenizer, pick_device
+        from kdeploy.train.sparsify import (
+            MASKS_FILE,
+            apply_masks,
+            check_masks,
+            choose_layers,
+            sparsity_report,
         )
-    mask_path = ctx.work_dir / MASKS_FILE
-    if mask_path.is_file():  # resuming: the masks chosen before the interruption
-        masks, weights = load_masks(mask_path)
-        ctx.log(f"reusing the 2:4 masks of {len(masks)} layers")
-    else:
-        batches = None
-        if cfg.method == "sparsegpt":
-            batches = tokenized_batches(
-                load_tokenizer(s_info.path),
-                calibration_texts(ctx, cfg.calibration_texts),
-                min(p.distill.max_seq_length, s_info.max_seq_length),
-                16,
-                torch.device("cpu"),
+
+        p = self.profile
+        t_info = self.inspect(inputs["teacher_model"])
+        s_info = self.inspect(inputs["student"])
+        torch.manual_seed(p.distill.seed)
+        student = load_hf_model(s_info, allow_pickle=self.options.allow_pickle)
+        layers = choose_layers(student, p.sparsify)
+        if not any(x.sparse for x in layers):
+            raise StageError(
+                "sparsify: no Linear layer of the student is eligible for 2:4 masks",
+                where="sparsify.dense_layers / sparsify.min_features",
+                fix="loosen sparsify.dense_layers or min_features, or set sparsify.enabled: false",
             )
-        masks, weights = compute_masks(student, layers, cfg, batches)
-        save_masks(mask_path, masks, weights)
-        ctx.log(f"2:4 masks ({cfg.method}) on {len(masks)} of {len(layers)} Linear layers")
-    load_weights(student, weights)
-    apply_masks(student, masks)
-    record = kd_fine_tune(
-        ctx,
-        student,
-        t_info,
-        layer_map(ctx, t_info.num_layers, s_info.num_layers),
-        cfg.fine_tune,
-        after_step=lambda: apply_masks(student, masks),
-        label="sparse fine-tune",
-    )
-    student.to(pick_device())
-    apply_masks(student, masks)  # the best epoch's weights were saved masked; make sure
-    bad = check_masks(student.cpu(), masks)
-    if bad:
-        raise StageError(
-            f"sparsify: {len(bad)} layer(s) are not 2:4 after fine-tuning: {', '.join(bad[:3])}",
-            fix="a kdeploy bug: please report it",
+        masks = self._masks(student, s_info, layers, inputs, out_dir / MASKS_FILE)
+        record = self._fine_tune(student, t_info, s_info, masks, inputs, out_dir)
+        student.to(pick_device())
+        apply_masks(student, masks)  # the best epoch's weights were saved masked; make sure
+        bad = check_masks(student.cpu(), masks)
+        if bad:
+            raise StageError(
+                f"sparsify: {len(bad)} layer(s) are not 2:4 after fine-tuning: "
+                f"{', '.join(bad[:3])}",
+                fix="a kdeploy bug: please report it",
+            )
+        tok = load_tokenizer(s_info.path)
+        out = save_model_dir(student.cpu(), s_info, tok, out_dir / "student")
+        report = sparsity_report(layers, masks, p.sparsify)
+        (out / SPARSITY_FILE).write_text(json.dumps(report, indent=1))
+        remove_leftovers(out_dir, MASKS_FILE)
+        self.log(
+            f"2:4 on {report['sparse_layers']}/{len(layers)} Linear layers, "
+            f"{100 * report['linear_weights_zero_fraction']:.1f}% of Linear weights zero"
         )
-    out = save_model_dir(
-        student.cpu(), s_info, load_tokenizer(s_info.path), ctx.work_dir / "student"
-    )
-    total = sum(x.in_features * x.out_features for x in layers)
-    pruned = sum(int((~m).sum()) for m in masks.values())
-    report = {
-        "pattern": cfg.pattern,
-        "method": cfg.method,
-        "layers": [x.__dict__ for x in layers],
-        "sparse_layers": len(sparse),
-        "dense_layers": {x.name: x.reason for x in layers if not x.sparse},
-        "linear_weights_zero_fraction": round(pruned / total, 4),
-    }
-    (out / REPORT_FILE).write_text(json.dumps(report, indent=1))
-    remove_leftovers(ctx.work_dir, MASKS_FILE)
-    ctx.log(
-        f"2:4 on {len(sparse)}/{len(layers)} Linear layers, "
-        f"{100 * report['linear_weights_zero_fraction']:.1f}% of Linear weights zero"
-    )
-    metrics = {k: v for k, v in report.items() if k != "layers"}
-    metrics["fine_tune"] = record
-    return StageResult(outputs={"sparse_model": out}, metrics=metrics)
+        metrics = {k: v for k, v in report.items() if k != "layers"}
+        metrics["fine_tune"] = record
+        return StageResult(outputs={"sparse_model": out}, metrics=metrics)
+
+    def _masks(self, student, s_info: ModelInfo, layers, inputs: StageInputs, mask_path: Path):
+        """The 2:4 masks (and masked weights), loaded into the student: the ones chosen
+        before an interruption, else found by the profile's method and saved first."""
+        import torch
+
+        from kdeploy.train.distill import tokenized_batches
+        from kdeploy.train.loading import load_tokenizer
+        from kdeploy.train.sparsify import (
+            apply_masks,
+            compute_masks,
+            load_masks,
+            load_weights,
+            needs_calibration,
+            save_masks,
+        )
+
+        p = self.profile
+        if mask_path.is_file():  # resuming: the masks chosen before the interruption
+            masks, weights = load_masks(mask_path)
+            self.log(f"reusing the 2:4 masks of {len(masks)} layers")
+        else:
+            batches = None
+            if needs_calibration(p.sparsify):
+                texts = calibration_texts(
+                    inputs["dataset"], p.sparsify.calibration_texts, p.distill.seed
+                )
+                max_len = min(p.distill.max_seq_length, s_info.max_seq_length)
+                tok = load_tokenizer(s_info.path)
+                batches = tokenized_batches(tok, texts, max_len, 16, torch.device("cpu"))
+            masks, weights = compute_masks(student, layers, p.sparsify, batches)
+            save_masks(mask_path, masks, weights)
+            self.log(
+                f"2:4 masks ({p.sparsify.method}) on {len(masks)} of {len(layers)} Linear layers"
+            )
+        load_weights(student, weights)
+        apply_masks(student, masks)
+        return masks
+
+    def _fine_tune(self, student, t_info, s_info, masks, inputs, out_dir: Path) -> dict:
+        from kdeploy.train.finetune import fine_tune_layer_map, kd_fine_tune
+        from kdeploy.train.sparsify import apply_masks
+
+        return kd_fine_tune(
+            student,
+            t_info,
+            self.profile.distill,
+            self.profile.sparsify.fine_tune,
+            self.training_items(inputs, t_info.kind),
+            out_dir,
+            layer_map=fine_tune_layer_map(
+                self.profile.distill,
+                self.profile.student,
+                distilled=inputs.source("student") == "student_model",
+                teacher_layers=t_info.num_layers,
+                student_layers=s_info.num_layers,
+            ),
+            dev=labelled_dev(inputs["dataset"]),
+            after_step=lambda: apply_masks(student, masks),
+            label="sparse fine-tune",
+            allow_pickle=self.options.allow_pickle,
+            progress=self.options.progress,
+            log=self.log,
+        )

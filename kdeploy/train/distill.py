@@ -22,11 +22,11 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from kdeploy.config import DistillConfig, FineTune
+from kdeploy.core.errors import ModelError
+from kdeploy.core.fsutil import atomic_write_json, digest_json, replace_dir
 from kdeploy.data import Split
-from kdeploy.errors import ModelError
-from kdeploy.fsutil import atomic_write_json, digest_json, replace_dir
 from kdeploy.model_info import ModelInfo
-from kdeploy.profiles import DistillConfig, FineTune
 from kdeploy.train.evaluate import pool, score
 from kdeploy.train.kd import Outputs, applicable_losses, total_loss
 from kdeploy.train.loading import load_hf_model, load_tokenizer, pick_device

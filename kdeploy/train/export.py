@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdeploy.errors import ExportError
+from kdeploy.core.errors import ExportError
 from kdeploy.model_info import ModelInfo
 from kdeploy.runtime.card import ModelCard
 from kdeploy.runtime.metrics import cosine_rows

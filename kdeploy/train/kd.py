@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kdeploy.profiles import DistillConfig
+from kdeploy.config import DistillConfig
 
 
 def embedding_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

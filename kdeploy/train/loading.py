@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from kdeploy.errors import ModelError
+from kdeploy.core.errors import ModelError
 from kdeploy.model_info import ModelInfo
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

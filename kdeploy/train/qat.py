@@ -21,14 +21,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from kdeploy.profiles import QuantizeConfig
+from kdeploy.config.methods import PtqQuant, QatQuant
+from kdeploy.model_info import ModelInfo
 
 
-def quant_config(cfg: QuantizeConfig) -> dict:
+def quant_config(cfg: PtqQuant | QatQuant) -> dict:
     import modelopt.torch.quantization as mtq
 
     qc = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
@@ -43,7 +46,9 @@ def quant_config(cfg: QuantizeConfig) -> dict:
 
 
 def quantize_model(
-    model: torch.nn.Module, cfg: QuantizeConfig, forward_loop: Callable[[torch.nn.Module], None]
+    model: torch.nn.Module,
+    cfg: PtqQuant | QatQuant,
+    forward_loop: Callable[[torch.nn.Module], None],
 ) -> dict:
     """Insert fake quantizers into ``model`` (in place) and calibrate them (max).
 
@@ -59,3 +64,50 @@ def quantize_model(
             continue
         (quantized if getattr(wq, "is_enabled", False) else left).append(name)
     return {"quantized": quantized, "float": left}
+
+
+def sparse_masks(model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """The 2:4 masks of a sparse student's layers, read off its zeros (QAT must keep them)."""
+    modules = dict(model.named_modules())
+    return {name: modules[name].weight.detach() != 0 for name in names}
+
+
+def export_qdq(
+    model: torch.nn.Module,
+    info: ModelInfo,
+    src_dir: Path,
+    out: Path,
+    *,
+    opset: int,
+    quantized: list[str],
+    texts: list[str],
+    atol: float,
+    min_cosine: float,
+) -> dict:
+    """The fake-quantized model as a Q/DQ ONNX graph in ``out``: structurally checked (every
+    quantized Linear is a Q/DQ GEMM) and compared with the torch model on real ``texts``."""
+    from kdeploy.onnxtools.checks import expect_int8
+    from kdeploy.train.export import (
+        check_onnx,
+        export_loaded,
+        sentence_transformer_around,
+        torch_outputs,
+        validate_export,
+    )
+
+    model.cpu().eval()
+    if info.kind == "embedding":
+        model = sentence_transformer_around(src_dir, model)
+    if out.exists():
+        shutil.rmtree(out)
+    export_loaded(model, info, out, opset=opset, role="student", precision="int8")
+    check_onnx(out / "model.onnx")
+    expect_int8(out / "model.onnx", quantized)
+    return validate_export(
+        info,
+        out,
+        texts,
+        atol=atol,
+        min_cosine=min_cosine,
+        reference=torch_outputs(info, texts, model=model),
+    )

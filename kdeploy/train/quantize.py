@@ -14,7 +14,7 @@ from pathlib import Path
 
 import onnx
 
-from kdeploy.profiles import QuantizeConfig
+from kdeploy.config import QuantizeConfig
 from kdeploy.runtime.card import ModelCard
 from kdeploy.runtime.text import TextEncoder
 

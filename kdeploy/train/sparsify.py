@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from kdeploy.onnx_layers import is_2to4
-from kdeploy.profiles import SparsifyConfig
+from kdeploy.config import SparsifyConfig
+from kdeploy.config.methods import MagnitudeSparsity, SparseGptSparsity
+from kdeploy.onnxtools.layers import is_2to4
 
 MASKS_FILE = "masks.safetensors"
 
@@ -62,27 +63,10 @@ def choose_layers(model: torch.nn.Module, cfg: SparsifyConfig) -> list[LayerChoi
     return out
 
 
-def compute_masks(
-    model: torch.nn.Module,
-    layers: list[LayerChoice],
-    cfg: SparsifyConfig,
-    batches: Sequence[dict] | None,
+def magnitude_masks(
+    work: torch.nn.Module, sparse: list[str], method: MagnitudeSparsity, batches
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """2:4 masks and the new weights of the sparse layers, found on a copy of the model:
-    modelopt's ``sparse_magnitude``, or kdeploy's SparseGPT (mask and weight update) over
-    the calibration ``batches``.
-
-    Returns ({layer: bool mask}, {layer: masked weight}).
-    """
-    sparse = [x.name for x in layers if x.sparse]
-    work = copy.deepcopy(model).eval()
-    if cfg.method == "sparsegpt":
-        if not batches:
-            raise ValueError("SparseGPT needs calibration data (tokenized batches)")
-        from kdeploy.train.sparsegpt import sparsegpt
-
-        return sparsegpt(work, sparse, batches, damp=cfg.damp)
-
+    """modelopt's ``sparse_magnitude`` on ``work`` (a copy): masks and masked weights."""
     import modelopt.torch.sparsity as mts
 
     rules: dict[str, dict | None] = {"*": None}  # dense unless named below
@@ -100,6 +84,58 @@ def compute_masks(
         masks[name] = mask.cpu().clone()
         weights[name] = (w * mask).cpu().clone()
     return masks, weights
+
+
+def sparsegpt_masks(
+    work: torch.nn.Module, sparse: list[str], method: SparseGptSparsity, batches
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """kdeploy's SparseGPT (mask and weight update) over the calibration ``batches``."""
+    if not batches:
+        raise ValueError("SparseGPT needs calibration data (tokenized batches)")
+    from kdeploy.train.sparsegpt import sparsegpt
+
+    return sparsegpt(work, sparse, batches, damp=method.damp)
+
+
+# sparsify method config type -> the function that finds its masks
+MASKERS = {MagnitudeSparsity: magnitude_masks, SparseGptSparsity: sparsegpt_masks}
+
+
+def compute_masks(
+    model: torch.nn.Module,
+    layers: list[LayerChoice],
+    cfg: SparsifyConfig,
+    batches: Sequence[dict] | None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """2:4 masks and the new weights of the sparse layers, found on a copy of the model by
+    the handler of the profile's method (``MASKERS``).
+
+    Returns ({layer: bool mask}, {layer: masked weight}).
+    """
+    method = cfg.method_config()
+    sparse = [x.name for x in layers if x.sparse]
+    return MASKERS[type(method)](copy.deepcopy(model).eval(), sparse, method, batches)
+
+
+def needs_calibration(cfg: SparsifyConfig) -> bool:
+    """Does the profile's method read calibration text (SparseGPT's Hessians)?"""
+    return isinstance(cfg.method_config(), SparseGptSparsity)
+
+
+def sparsity_report(
+    layers: list[LayerChoice], masks: dict[str, torch.Tensor], cfg: SparsifyConfig
+) -> dict:
+    """What ``sparsity.json`` records: per Linear layer sparse or dense and why."""
+    total = sum(x.in_features * x.out_features for x in layers)
+    pruned = sum(int((~m).sum()) for m in masks.values())
+    return {
+        "pattern": cfg.pattern,
+        "method": cfg.method,
+        "layers": [x.__dict__ for x in layers],
+        "sparse_layers": sum(1 for x in layers if x.sparse),
+        "dense_layers": {x.name: x.reason for x in layers if not x.sparse},
+        "linear_weights_zero_fraction": round(pruned / total, 4),
+    }
 
 
 def apply_masks(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> None:

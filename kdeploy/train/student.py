@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from kdeploy.errors import ModelError
+from kdeploy.core.errors import ModelError
 from kdeploy.model_info import ModelInfo, width_problem
 
 

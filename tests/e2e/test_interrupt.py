@@ -32,8 +32,8 @@ from pathlib import Path
 
 import pytest
 
-from kdeploy.fsutil import sha256_file
-from kdeploy.manifest import load_manifest
+from kdeploy.core.fsutil import sha256_file
+from kdeploy.engine.manifest import load_manifest
 from kdeploy.stages import ORDER
 from tests.conftest import ROOT, TINY_OVERRIDES, build_tiny_bert, make_data_slice, shared_data
 

@@ -7,7 +7,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from kdeploy.profiles import load_profile
+from kdeploy.config import load_profile
+from kdeploy.config.settings import runner_settings
 from kdeploy.runtime.card import ModelCard
 from kdeploy.runtime.runners import OrtRunner, make_runner
 from kdeploy.runtime.text import TextEncoder
@@ -29,7 +30,7 @@ def test_cuda_ep_matches_cpu(tiny_run):
     )
     with OrtRunner(src / card.model_file, outputs=[card.output]) as cpu:
         want = cpu.infer(feeds)[card.output]
-    with make_runner(src, card, profile=load_profile("a100-int8").profile) as gpu:
+    with make_runner(src, card, settings=runner_settings(load_profile("a100-int8").profile)) as gpu:
         assert gpu.on_gpu and gpu.io_mode == "device"
         got = gpu.infer(feeds)[card.output]
         gpu.bench_fn(feeds)()

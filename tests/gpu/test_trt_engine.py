@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from kdeploy.pipeline import RunRequest, run_pipeline
-from kdeploy.profiles import load_profile
+from kdeploy.api import RunRequest, run_pipeline
+from kdeploy.config import load_profile
 from kdeploy.runtime.card import ModelCard
 from kdeploy.runtime.layer_report import load_layer_info, parse_layers
 from kdeploy.runtime.runners import OrtRunner, make_runner

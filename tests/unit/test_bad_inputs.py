@@ -3,7 +3,7 @@
 Every case builds a real bad input (a file, a model dir, a damaged run dir, a flag), runs the
 real ``kdeploy`` CLI on it (click's CliRunner in-process; a subset also as a subprocess) and
 checks:
-- the exit code is the one of the error's kind (kdeploy.errors; README "Errors"),
+- the exit code is the one of the error's kind (kdeploy.core.errors; README "Errors"),
 - the output is one message, ``<kind> error: what`` / ``where:`` / ``fix:``, holding the
   case's key phrases (what went wrong and where: a file, a line, a flag),
 - no Python traceback,
@@ -28,8 +28,8 @@ import pytest
 from click.testing import CliRunner
 
 from kdeploy.cli import cli
-from kdeploy.fsutil import sha256_file
-from kdeploy.manifest import load_manifest
+from kdeploy.core.fsutil import sha256_file
+from kdeploy.engine.manifest import load_manifest
 from tests.conftest import ROOT, TINY_OVERRIDES
 
 SETS = [x for o in TINY_OVERRIDES for x in ("--set", o)]
@@ -587,12 +587,12 @@ def test_rerun_after_disk_full_resumes(case_id, ran, env: Env, monkeypatch):
 
 def test_internal_error_is_one_message_with_a_log(env: Env, monkeypatch):
     """A bug (an unexpected exception) still prints no traceback; the log holds it."""
-    import kdeploy.profiles
+    import kdeploy.config
 
     def boom(*a, **kw):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(kdeploy.profiles, "load_profile", boom)
+    monkeypatch.setattr(kdeploy.config, "load_profile", boom)
     monkeypatch.setattr("tempfile.tempdir", str(env.tmp))
     res = CliRunner().invoke(cli, env.compress(), catch_exceptions=False)
     assert res.exit_code == 1

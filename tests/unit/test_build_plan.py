@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kdeploy.errors import ModelError
-from kdeploy.profiles import load_profile
+from kdeploy.config import load_profile
+from kdeploy.config.settings import build_settings
+from kdeploy.core.errors import ModelError
 from kdeploy.runtime.build_plan import (
     ORT_TRT_RENDER,
     SETTING_KINDS,
     TRTEXEC_RENDER,
     BuildPlan,
-    InputSpec,
+    TensorSpec,
     make_plan,
     onnx_inputs,
     ort_trt_options,
@@ -30,15 +31,15 @@ from kdeploy.runtime.build_plan import (
 from kdeploy.runtime.trt_build import TRT_APPLY
 
 BERT_INPUTS = [
-    InputSpec("input_ids", ("batch_size", "sequence_length")),
-    InputSpec("attention_mask", ("batch_size", "sequence_length")),
-    InputSpec("token_type_ids", ("batch_size", "sequence_length")),
+    TensorSpec("input_ids", ("batch_size", "sequence_length")),
+    TensorSpec("attention_mask", ("batch_size", "sequence_length")),
+    TensorSpec("token_type_ids", ("batch_size", "sequence_length")),
 ]
 
 
 def plan_for(profile: str, overrides=(), inputs=BERT_INPUTS) -> BuildPlan:
     p = load_profile(profile, list(overrides)).profile
-    return make_plan(p, inputs, onnx="quantize/student/model.onnx")
+    return make_plan(build_settings(p), inputs, onnx="quantize/student/model.onnx")
 
 
 def write_onnx(path: Path, dims: list) -> Path:
@@ -173,14 +174,14 @@ def test_onnx_inputs_read_with_onnx_runtime(tmp_path):
         ("input_ids", ("batch", "sequence"), "tensor(int64)"),
         ("attention_mask", ("batch", "sequence"), "tensor(int64)"),
     ]
-    plan = make_plan(load_profile("a100-int8").profile, specs, onnx="m.onnx")
+    plan = make_plan(build_settings(load_profile("a100-int8").profile), specs, onnx="m.onnx")
     assert shape_spec(plan.shapes, "max") == "input_ids:128x256,attention_mask:128x256"
 
 
 def test_static_dimension_must_match_the_profile(tmp_path):
     specs = onnx_inputs(write_onnx(tmp_path / "m.onnx", ["batch", 128]))
     with pytest.raises(ModelError, match="static sequence dimension 128") as err:
-        make_plan(load_profile("a100-int8").profile, specs, onnx="m.onnx")
+        make_plan(build_settings(load_profile("a100-int8").profile), specs, onnx="m.onnx")
     assert "export.shapes.sequence" in err.value.fix
     pinned = load_profile(
         "a100-int8",
@@ -190,13 +191,13 @@ def test_static_dimension_must_match_the_profile(tmp_path):
             "verify.budgets.max_latency.sequence=128",
         ],
     ).profile
-    plan = make_plan(pinned, specs, onnx="m.onnx")
+    plan = make_plan(build_settings(pinned), specs, onnx="m.onnx")
     assert plan.shapes[0].min == (1, 128) and plan.shapes[0].max == (128, 128)
 
 
 def test_inputs_must_be_batch_by_sequence():
     with pytest.raises(ModelError, match="TensorRT profiles are built for"):
-        plan_for("a100-int8", inputs=[InputSpec("pixel_values", ("b", 3, 224, 224))])
+        plan_for("a100-int8", inputs=[TensorSpec("pixel_values", ("b", 3, 224, 224))])
     with pytest.raises(ModelError, match="declares no inputs"):
         plan_for("a100-int8", inputs=[])
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from kdeploy.core.errors import DataError
 from kdeploy.data import load_task_data, read_unlabeled
-from kdeploy.errors import DataError
 from tests.conftest import shared_data
 
 

@@ -6,9 +6,9 @@ import pytest
 from click.testing import CliRunner
 
 from kdeploy.cli import cli
-from kdeploy.devices import DEVICES, caps, target_problems
-from kdeploy.errors import ProfileError
-from kdeploy.profiles import load_profile
+from kdeploy.config import load_profile
+from kdeploy.core.devices import DEVICES, caps, target_problems
+from kdeploy.core.errors import ProfileError
 
 
 def test_capability_table():

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-import kdeploy.fsutil
-from kdeploy.errors import RunDirError
-from kdeploy.fsutil import sha256_file
-from kdeploy.manifest import load_manifest
-from kdeploy.pipeline import RunRequest, run_pipeline
-from kdeploy.profiles import load_profile
+import kdeploy.core.fsutil
+from kdeploy.api import RunRequest, run_pipeline
+from kdeploy.config import load_profile
+from kdeploy.core.errors import RunDirError
+from kdeploy.core.fsutil import sha256_file
+from kdeploy.engine.manifest import load_manifest
 from kdeploy.stages import ORDER, RunOptions
 from tests.conftest import TINY_OVERRIDES
 
@@ -34,13 +34,13 @@ def run(model, data, out, extra=(), log=lambda m: None):
 def hashed(monkeypatch) -> Counter:
     """Every file kdeploy hashes (resolved path -> times)."""
     seen: Counter = Counter()
-    real = kdeploy.fsutil.sha256_file
+    real = kdeploy.core.fsutil.sha256_file
 
     def counting(path):
         seen[Path(path).resolve()] += 1
         return real(path)
 
-    monkeypatch.setattr(kdeploy.fsutil, "sha256_file", counting)
+    monkeypatch.setattr(kdeploy.core.fsutil, "sha256_file", counting)
     return seen
 
 

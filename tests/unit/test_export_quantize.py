@@ -6,9 +6,9 @@ import numpy as np
 import onnx
 import pytest
 
-from kdeploy.errors import ExportError
+from kdeploy.config import QuantizeConfig
+from kdeploy.core.errors import ExportError
 from kdeploy.model_info import inspect_model
-from kdeploy.profiles import QuantizeConfig
 from kdeploy.runtime.card import ModelCard
 from kdeploy.runtime.runners import OrtRunner
 from kdeploy.train.export import export_onnx, torch_outputs, validate_export
@@ -111,7 +111,7 @@ def test_quantize_gives_int8_model_close_to_fp32(exported, tmp_path, method, fmt
 def test_fused_dynamic_int8_uses_ort_transformer_kernels(exported, tmp_path):
     """quantize.fuse: attention/LayerNorm/GELU fused by ONNX Runtime's transformer optimizer
     before dynamic INT8; the fused graph keeps the fp32 model's outputs."""
-    from kdeploy.onnx_layers import gemm_layers
+    from kdeploy.onnxtools.layers import gemm_layers
     from kdeploy.runtime.model import Encoder
 
     _, src, _ = exported
@@ -130,8 +130,8 @@ def test_fused_dynamic_int8_uses_ort_transformer_kernels(exported, tmp_path):
 
 
 def test_fuse_is_refused_where_it_cannot_run():
-    from kdeploy.errors import ProfileError
-    from kdeploy.profiles import load_profile
+    from kdeploy.config import load_profile
+    from kdeploy.core.errors import ProfileError
 
     with pytest.raises(ProfileError, match="contrib ops"):
         load_profile(
@@ -149,9 +149,9 @@ NARROW = ["student.hidden_size=16", "student.intermediate_size=24"]
 def test_narrow_student_exports_and_quantizes(fixture, request, stsb_small, sst2_small, tmp_path):
     """A student sliced to half width goes through export (ONNX checked against torch on
     real text) and INT8 quantization; its graphs are 16 wide and hold no projection."""
-    from kdeploy.manifest import load_manifest
-    from kdeploy.pipeline import RunRequest, run_pipeline
-    from kdeploy.profiles import load_profile
+    from kdeploy.api import RunRequest, run_pipeline
+    from kdeploy.config import load_profile
+    from kdeploy.engine.manifest import load_manifest
     from kdeploy.stages import RunOptions
     from tests.conftest import TINY_OVERRIDES
 

@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from kdeploy.errors import RunDirError
-from kdeploy.fsutil import atomic_write_json, atomic_write_text, digest_files
-from kdeploy.manifest import Manifest, load_manifest, make_artifact
+from kdeploy.core.errors import RunDirError
+from kdeploy.core.fsutil import atomic_write_json, atomic_write_text, digest_files
+from kdeploy.engine.manifest import Manifest, load_manifest, make_artifact
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):

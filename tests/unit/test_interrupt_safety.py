@@ -8,9 +8,9 @@ import signal
 
 import pytest
 
-from kdeploy.errors import Interrupted
-from kdeploy.fsutil import deferred_sigint, replace_dir
-from kdeploy.manifest import load_manifest
+from kdeploy.core.errors import Interrupted
+from kdeploy.core.fsutil import deferred_sigint, replace_dir
+from kdeploy.engine.manifest import load_manifest
 
 
 def test_nested_deferral_raises_once_after_the_outer_block(tmp_path):
@@ -52,20 +52,20 @@ def test_ctrl_c_while_committing_a_stage_keeps_it(tmp_path, tiny_run_copy, tiny_
                                                   monkeypatch):  # fmt: skip
     """SIGINT right after bench's dir is moved into place: the manifest still records bench,
     so the rerun reuses it instead of redoing it."""
-    import kdeploy.fsutil
+    import kdeploy.core.fsutil
     from tests.unit.test_pipeline import run
 
-    real = kdeploy.fsutil.replace_dir
+    real = kdeploy.core.fsutil.replace_dir
 
     def replace_then_sigint(src, dst):
         real(src, dst)
         if dst.name == "bench":
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(kdeploy.fsutil, "replace_dir", replace_then_sigint)
+    monkeypatch.setattr(kdeploy.core.fsutil, "replace_dir", replace_then_sigint)
     with pytest.raises((KeyboardInterrupt, Interrupted)):
         run(tiny_bert, stsb_small, tiny_run_copy, ["bench.iterations=4"])
-    monkeypatch.setattr(kdeploy.fsutil, "replace_dir", real)
+    monkeypatch.setattr(kdeploy.core.fsutil, "replace_dir", real)
     m = load_manifest(tiny_run_copy)
     assert "bench" in m.stages
     assert m.stages["bench"].outputs["bench"].check(tiny_run_copy) == []
@@ -78,17 +78,17 @@ def test_ctrl_c_while_a_stage_sets_up_its_work_dir(tiny_run_copy, tiny_bert, sts
                                                    monkeypatch):  # fmt: skip
     """Found by the real-SIGINT test: a Ctrl-C between creating verify.tmp and starting the
     stage left verify.tmp behind."""
-    import kdeploy.fsutil
+    import kdeploy.core.fsutil
     from tests.unit.test_pipeline import run
 
-    real = kdeploy.fsutil.atomic_write_text
+    real = kdeploy.core.fsutil.atomic_write_text
 
     def write_then_sigint(path, text):
         real(path, text)
         if path.parent.name == "verify.tmp":
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(kdeploy.fsutil, "atomic_write_text", write_then_sigint)
+    monkeypatch.setattr(kdeploy.core.fsutil, "atomic_write_text", write_then_sigint)
     with pytest.raises(Interrupted, match="stopped during stage verify"):
         run(tiny_bert, stsb_small, tiny_run_copy, ["verify.max_eval_examples=30"])
     assert not (tiny_run_copy / "verify.tmp").exists()

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from kdeploy.profiles import DistillConfig
+from kdeploy.config import DistillConfig
 from kdeploy.train import kd
 
 

@@ -17,7 +17,7 @@ import json
 
 import pytest
 
-from kdeploy.errors import ModelError
+from kdeploy.core.errors import ModelError
 from kdeploy.runtime.layer_report import (
     dtype_of,
     load_layer_info,
@@ -256,12 +256,14 @@ def test_not_inspector_json(tmp_path):
 
 
 def test_report_section_shows_the_plan_the_layers_and_the_trtexec_line():
-    from kdeploy.profiles import load_profile
-    from kdeploy.report import build_lines
+    from kdeploy.config import load_profile
+    from kdeploy.config.settings import build_settings
+    from kdeploy.report.markdown import build_lines
     from kdeploy.runtime.build_plan import make_plan, trtexec_command
     from tests.unit.test_build_plan import BERT_INPUTS
 
-    plan = make_plan(load_profile("a100-int8").profile, BERT_INPUTS, onnx="q/model.onnx")
+    a100 = build_settings(load_profile("a100-int8").profile)
+    plan = make_plan(a100, BERT_INPUTS, onnx="q/model.onnx")
     summary = summarize(parse_layers(ENGINE_JSON), precision="int8", sparse_requested=False)
     text = "\n".join(
         build_lines(

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from kdeploy.cli import cli
-from kdeploy.manifest import load_manifest
+from kdeploy.engine.manifest import load_manifest
 from kdeploy.stages import ORDER
 from tests.conftest import TINY_OVERRIDES, make_data_slice, shared_data
 

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from kdeploy.plots import pareto_front
+from kdeploy.report.plots import pareto_front
 from tests.conftest import TINY_OVERRIDES
 from tests.unit.test_pipeline import run
 
@@ -111,8 +111,8 @@ def test_missing_matplotlib_skips_plots_and_says_why(tiny_run_copy, tiny_bert, s
 def test_speedup_budget_is_not_checked_against_its_own_reference():
     """With min_speedup over teacher_int8, the baseline's report row has no speed-up budget
     (it would always be 1.0x); the deployed student's has."""
-    from kdeploy.profiles import load_profile
-    from kdeploy.stages.verify import check_budgets
+    from kdeploy.config import load_profile
+    from kdeploy.evaluation.budgets import check_budgets
 
     budgets = load_profile("cpu-int8").profile.verify.budgets
     assert budgets.min_speedup.over == "teacher_int8"

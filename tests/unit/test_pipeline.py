@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from kdeploy.errors import BudgetError, Interrupted, RunDirError, UsageError
-from kdeploy.manifest import load_manifest
-from kdeploy.pipeline import RunRequest, run_pipeline
-from kdeploy.profiles import load_profile
+from kdeploy.api import RunRequest, run_pipeline
+from kdeploy.config import load_profile
+from kdeploy.core.errors import BudgetError, Interrupted, RunDirError, UsageError
+from kdeploy.engine.manifest import load_manifest
 from kdeploy.stages import ORDER, RunOptions
 from tests.conftest import TINY_OVERRIDES
 
@@ -109,21 +109,19 @@ def test_other_profile_run_dir_is_refused_unless_forced(
 
 
 def test_ctrl_c_in_a_stage_keeps_earlier_stages(tmp_path, tiny_bert, stsb_small, monkeypatch):
-    import kdeploy.stages.bench as bench
+    from kdeploy.stages.bench import Bench
 
-    real = bench.run
-
-    def interrupted(ctx):
+    def interrupted(self, inputs, out_dir):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bench, "run", interrupted)
+    monkeypatch.setattr(Bench, "run", interrupted)
     out = tmp_path / "r"
     with pytest.raises(Interrupted, match="stopped during stage bench"):
         run(tiny_bert, stsb_small, out)
     m = load_manifest(out)
     assert list(m.stages) == ["distill", "export", "quantize"]
     assert not (out / "bench").exists() and not (out / "bench.tmp").exists()
-    monkeypatch.setattr(bench, "run", real)
+    monkeypatch.undo()
     result = run(tiny_bert, stsb_small, out)
     assert result.reused == ["distill", "export", "quantize"]
     assert result.ran == ["bench", "verify", "package"]
@@ -186,7 +184,7 @@ def test_missed_budget_fails_after_writing_the_report(tiny_run_copy, tiny_bert, 
 
 
 def test_task_mismatch_is_refused(tmp_path, tiny_bert, sst2_small):
-    from kdeploy.errors import DataError
+    from kdeploy.core.errors import DataError
 
     with pytest.raises(DataError, match="classification data but the teacher is an embedding"):
         run(tiny_bert, sst2_small, tmp_path / "r")
@@ -205,8 +203,8 @@ def test_device_stages_reuse_and_rerun_a_host_run(tiny_run_copy, stsb_small):
     """`kdeploy build RUN_DIR --until package` computes the same stage keys as compress."""
     from click.testing import CliRunner
 
+    from kdeploy.api import run_device_stages
     from kdeploy.cli import cli
-    from kdeploy.pipeline import run_device_stages
 
     res = run_device_stages(tiny_run_copy, until="package", log=lambda m: None)
     assert (res.ran, res.reused, res.skipped) == ([], ["bench", "verify", "package"], ["build"])
@@ -220,8 +218,8 @@ def test_device_stages_reuse_and_rerun_a_host_run(tiny_run_copy, stsb_small):
 
 
 def test_device_stages_refuse_other_data(tiny_run_copy, sst2_small):
-    from kdeploy.errors import DataError
-    from kdeploy.pipeline import run_device_stages
+    from kdeploy.api import run_device_stages
+    from kdeploy.core.errors import DataError
 
     with pytest.raises(DataError, match="does not hold the data the run was started with"):
         run_device_stages(tiny_run_copy, until="bench", data_dir=sst2_small, log=lambda m: None)

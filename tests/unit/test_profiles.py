@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kdeploy.errors import ProfileError
-from kdeploy.profiles import available_profiles, dump_profile, json_schema, load_profile
+from kdeploy.config import available_profiles, dump_profile, json_schema, load_profile
+from kdeploy.core.errors import ProfileError
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ["cpu-int8", "a100-int8", "h100-int8", "t4-int8", "orin-int8"]

@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from kdeploy.qdq_lint import RULES, lint_qdq, summary
+from kdeploy.onnxtools.qdq_lint import RULES, lint_qdq, summary
 
 K, N = 8, 4
 
@@ -142,7 +142,7 @@ def test_graph_without_qdq_has_nothing_to_lint(tmp_path, tiny_run):
 def test_ort_static_qdq_of_bert_breaks_the_residual_fusion(tiny_run, tmp_path):
     """ONNX Runtime's static QDQ quantizes the embedding LayerNorm output that also feeds the
     residual Add, and MatMul outputs that feed attention: the lint names both."""
-    from kdeploy.profiles import QuantizeConfig
+    from kdeploy.config import QuantizeConfig
     from kdeploy.train.quantize import quantize_student
 
     cfg = QuantizeConfig(method="static", format="qdq", activation_type="int8", op_types=["MatMul"])

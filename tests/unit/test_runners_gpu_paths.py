@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kdeploy.errors import DependencyError
-from kdeploy.profiles import load_profile
+from kdeploy.config import load_profile
+from kdeploy.config.settings import runner_settings
+from kdeploy.core.errors import DependencyError
 from kdeploy.runtime.card import ModelCard
 from kdeploy.runtime.runners import OrtRunner, make_runner, ort_provider_config
 from kdeploy.runtime.trt_build import check_trt_version
@@ -23,7 +24,7 @@ def tiny_onnx(tmp_path):
 def test_provider_config_for_tensorrt_and_cuda(tiny_onnx, monkeypatch, tmp_path):
     monkeypatch.setenv("KDEPLOY_CACHE", str(tmp_path / "cache"))
     p = load_profile("a100-int8", ["target.ort_providers=[tensorrt, cuda]"]).profile
-    names, options = ort_provider_config(p, tiny_onnx)
+    names, options = ort_provider_config(runner_settings(p), tiny_onnx)
     assert names == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
     trt, cuda = options
     assert trt["trt_profile_min_shapes"] == "input_ids:1x1,attention_mask:1x1"
@@ -35,7 +36,9 @@ def test_provider_config_for_tensorrt_and_cuda(tiny_onnx, monkeypatch, tmp_path)
 
 
 def test_default_gpu_provider_is_cuda(tiny_onnx):
-    names, options = ort_provider_config(load_profile("t4-int8").profile, tiny_onnx)
+    names, options = ort_provider_config(
+        runner_settings(load_profile("t4-int8").profile), tiny_onnx
+    )
     assert names == ["CUDAExecutionProvider"] and options == [{"device_id": "0"}]
 
 
@@ -45,7 +48,9 @@ def test_missing_gpu_provider_is_an_error_not_a_cpu_fallback(tiny_onnx):
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has the CUDA EP (the gpu tests cover it)")
     card = ModelCard(task="classification", output="logits", max_seq_length=8)
-    runner = make_runner(tiny_onnx.parent, card, profile=load_profile("a100-int8").profile)
+    runner = make_runner(
+        tiny_onnx.parent, card, settings=runner_settings(load_profile("a100-int8").profile)
+    )
     assert isinstance(runner, OrtRunner) and runner.on_gpu and runner.io_mode == "device"
     with pytest.raises(DependencyError) as err, runner:
         pass
@@ -59,7 +64,9 @@ def test_cpu_runner_and_its_bench_call(tiny_onnx):
         "attention_mask": np.array([[1, 1, 0]]),
         "token_type_ids": np.zeros((1, 3), dtype=np.int64),
     }
-    with make_runner(tiny_onnx.parent, card, profile=load_profile("cpu-int8").profile) as r:
+    with make_runner(
+        tiny_onnx.parent, card, settings=runner_settings(load_profile("cpu-int8").profile)
+    ) as r:
         assert r.io_mode == "host" and r.input_names == ["input_ids", "attention_mask"]
         out = r.infer(feeds)
         np.testing.assert_array_equal(out["logits"], [[2.0, 3.0, 3.0]])

@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
+from kdeploy.core.errors import ModelError
 from kdeploy.data import load_task_data
-from kdeploy.errors import ModelError
 from kdeploy.runtime import Encoder, open_model
 from kdeploy.runtime.metrics import cosine_rows
 from kdeploy.runtime.runners import open_model_file

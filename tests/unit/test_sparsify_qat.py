@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from kdeploy.errors import Interrupted
-from kdeploy.manifest import load_manifest
-from kdeploy.onnx_layers import gemm_layers, is_2to4, max_nonzeros_per_group, sparsity_problems
-from kdeploy.pipeline import RunRequest, run_pipeline
-from kdeploy.profiles import SparsifyConfig, load_profile
-from kdeploy.qdq_lint import lint_qdq
+from kdeploy.api import RunRequest, run_pipeline
+from kdeploy.config import SparsifyConfig, load_profile
+from kdeploy.core.errors import Interrupted
+from kdeploy.engine.manifest import load_manifest
+from kdeploy.onnxtools.layers import gemm_layers, is_2to4, max_nonzeros_per_group, sparsity_problems
+from kdeploy.onnxtools.qdq_lint import lint_qdq
 from kdeploy.stages import RunOptions
 from tests.conftest import TINY_OVERRIDES, tiny_hf_model
 
@@ -317,12 +317,16 @@ def test_qat_resumes_after_ctrl_c_to_identical_artifacts(
 
 
 def test_export_without_quantizers_is_caught(sparse_qat_run):
-    from kdeploy.errors import ExportError
-    from kdeploy.stages.quantize import expect_int8
+    from kdeploy.core.errors import ExportError
+    from kdeploy.onnxtools.checks import expect_int8
 
     with pytest.raises(ExportError, match="without Q/DQ"):
-        expect_int8(sparse_qat_run / "export" / "sparse", ["encoder.layer.0.output.dense"])
-    expect_int8(sparse_qat_run / "quantize" / "student", ["encoder.layer.0.output.dense"])
+        expect_int8(
+            sparse_qat_run / "export" / "sparse" / "model.onnx", ["encoder.layer.0.output.dense"]
+        )
+    expect_int8(
+        sparse_qat_run / "quantize" / "student" / "model.onnx", ["encoder.layer.0.output.dense"]
+    )
 
 
 def test_sparsity_problems_name_dense_and_missing_layers(sparse_qat_run):
@@ -333,7 +337,7 @@ def test_sparsity_problems_name_dense_and_missing_layers(sparse_qat_run):
 
 
 def test_profiles_validate_the_modelopt_methods():
-    from kdeploy.errors import ProfileError
+    from kdeploy.core.errors import ProfileError
 
     with pytest.raises(ProfileError, match="qat writes symmetric int8 Q/DQ"):
         load_profile("cpu-int8", ["quantize.method=qat"])  # cpu-int8 is qoperator

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdeploy.errors import ModelError
+from kdeploy.core.errors import ModelError
 from kdeploy.train.student import make_student, select_layers
 from tests.conftest import tiny_hf_model
 

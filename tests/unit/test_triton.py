@@ -14,12 +14,10 @@ pytest.importorskip("tritonclient.grpc.model_config_pb2")
 from google.protobuf import text_format  # noqa: E402
 from tritonclient.grpc import model_config_pb2 as mc  # noqa: E402
 
-from kdeploy.errors import ModelError  # noqa: E402
-from kdeploy.profiles import load_profile  # noqa: E402
-from kdeploy.runtime import Classifier, Encoder  # noqa: E402
-from kdeploy.runtime.card import ModelCard  # noqa: E402
-from kdeploy.servecheck import serve_check  # noqa: E402
-from kdeploy.triton import (  # noqa: E402
+from kdeploy.api import serve_check  # noqa: E402
+from kdeploy.config import load_profile  # noqa: E402
+from kdeploy.core.errors import ModelError  # noqa: E402
+from kdeploy.packaging.triton import (  # noqa: E402
     build_config,
     check_config,
     check_request,
@@ -28,6 +26,8 @@ from kdeploy.triton import (  # noqa: E402
     render_config,
     settings_for,
 )
+from kdeploy.runtime import Classifier, Encoder  # noqa: E402
+from kdeploy.runtime.card import ModelCard  # noqa: E402
 from tests.conftest import TINY_OVERRIDES  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def _parse(path) -> mc.ModelConfig:
 
 @pytest.fixture(scope="module")
 def clf_run(tmp_path_factory, tiny_classifier, sst2_small):
-    from kdeploy.pipeline import RunRequest, run_pipeline
+    from kdeploy.api import RunRequest, run_pipeline
     from kdeploy.stages import RunOptions
 
     out = tmp_path_factory.mktemp("clf") / "run"
@@ -188,8 +188,8 @@ def test_serve_check_passes_on_fresh_runs(tiny_run, clf_run):
 def test_serve_check_fails_when_outputs_drift(tiny_run_copy):
     """Reference outputs that the model no longer produces are caught (the stored digest is
     updated too, so this is drift, not a damaged file)."""
-    from kdeploy.fsutil import digest_files
-    from kdeploy.manifest import load_manifest, make_artifact
+    from kdeploy.core.fsutil import digest_files
+    from kdeploy.engine.manifest import load_manifest, make_artifact
 
     ref_dir = tiny_run_copy / "package" / "reference"
     out = np.load(ref_dir / "outputs.npy")
@@ -206,7 +206,7 @@ def test_serve_check_fails_when_outputs_drift(tiny_run_copy):
 
 
 def test_serve_check_refuses_a_damaged_package(tiny_run_copy):
-    from kdeploy.errors import RunDirError
+    from kdeploy.core.errors import RunDirError
 
     cfg = next((tiny_run_copy / "package" / "triton").glob("*/config.pbtxt"))
     cfg.write_text(cfg.read_text().replace("max_batch_size: 64", "max_batch_size: 65"))

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from kdeploy.api import RunRequest, run_pipeline
 from kdeploy.cli import cli
-from kdeploy.errors import HandOff
-from kdeploy.manifest import load_manifest
-from kdeploy.pipeline import RunRequest, run_pipeline
-from kdeploy.profiles import load_profile
+from kdeploy.config import load_profile
+from kdeploy.config.settings import build_settings
+from kdeploy.core.errors import HandOff
+from kdeploy.engine.manifest import load_manifest
 from kdeploy.runtime.build_plan import make_plan, onnx_inputs, trtexec_argv
 from kdeploy.stages import RunOptions
 from tests.conftest import TINY_OVERRIDES
@@ -58,8 +59,8 @@ def test_quantized_student_has_symmetric_int8_qdq(a100_run):
     import onnx
     from onnx import numpy_helper
 
-    from kdeploy.onnx_layers import gemm_layers
-    from kdeploy.qdq_lint import lint_qdq
+    from kdeploy.onnxtools.layers import gemm_layers
+    from kdeploy.onnxtools.qdq_lint import lint_qdq
 
     run_dir, _ = a100_run
     path = run_dir / "quantize" / "student" / "model.onnx"
@@ -93,7 +94,7 @@ def test_build_plan_from_the_real_quantized_model(a100_run):
     run_dir, _ = a100_run
     p = load_profile(run_dir / "profile.yaml").profile
     onnx = run_dir / "quantize" / "student" / "model.onnx"
-    plan = make_plan(p, onnx_inputs(onnx), onnx="quantize/student/model.onnx")
+    plan = make_plan(build_settings(p), onnx_inputs(onnx), onnx="quantize/student/model.onnx")
     assert {s.name for s in plan.shapes} <= {"input_ids", "attention_mask", "token_type_ids"}
     assert "input_ids" in {s.name for s in plan.shapes}
     assert "--int8" in trtexec_argv(plan)

@@ -1,14 +1,63 @@
-"""Read a finished run directory on the device side (no torch): its models, profile, data."""
+"""The run directory: where a run goes by default, the lock that keeps two processes out,
+the write check before anything is written, and the read-only view of a finished run that
+the device-side commands use (no torch): its models, profile and data."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdeploy.errors import RunDirError
-from kdeploy.manifest import MANIFEST_NAME, Manifest, load_manifest
-from kdeploy.profiles import LoadedProfile, load_profile
-from kdeploy.stages.bench import VARIANTS
+from kdeploy.config import LoadedProfile, load_profile
+from kdeploy.core.errors import RunDirError
+from kdeploy.engine.manifest import MANIFEST_NAME, Manifest, load_manifest
+from kdeploy.evaluation.variants import VARIANTS
+
+
+def default_run_dir(profile_name: str, model_dir: Path) -> Path:
+    name = model_dir.name
+    if name in ("model", "models", "") and model_dir.parent.name:
+        name = model_dir.parent.name
+    return Path("runs") / f"{profile_name}-{name}"
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory's lock (another kdeploy process on it is an error)."""
+    lock_path = run_dir / ".lock"
+    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirError(
+                f"another kdeploy process is using {run_dir}",
+                where=str(run_dir),
+                fix="wait for it to finish, or use another --out",
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create the run directory and prove it is writable, before any stage starts."""
+    probe = run_dir / ".write-test"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            probe.write_text("ok")
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError as exc:
+        raise RunDirError(
+            f"cannot write to the output directory {run_dir}: {exc.strerror}",
+            where=str(run_dir),
+            fix="choose a writable directory with --out",
+        ) from None
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kdeploy.deps import require
+from kdeploy.core.deps import require
 
 KIND_STYLE = {
     "reference": {"color": "black", "marker": "s"},

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from kdeploy.errors import RunDirError
+from kdeploy.core.errors import RunDirError
 
 _CHUNK = 1 << 20
 

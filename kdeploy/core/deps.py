@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from kdeploy.errors import DependencyError
+from kdeploy.core.errors import DependencyError
 
 # module name -> the extra that installs it
 _EXTRAS = {

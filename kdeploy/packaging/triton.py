@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from kdeploy.deps import require, version_of
-from kdeploy.errors import DependencyError, ModelError
+from kdeploy.core.deps import require, version_of
+from kdeploy.core.errors import DependencyError, ModelError
 from kdeploy.runtime.card import ModelCard
+from kdeploy.runtime.graph import TensorSpec, onnx_io
 
 # graph element types -> Triton DataType names
 _ORT_TO_TRITON = {
@@ -99,31 +100,20 @@ def graph_io(model_file: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
 
 
 def _onnx_io(path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise ModelError(
-            f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}", where=str(path)
-        ) from None
-
-    def conv(args) -> list[TensorInfo]:
+    def conv(args: list[TensorSpec]) -> list[TensorInfo]:
         out = []
         for a in args:
-            if a.type not in _ORT_TO_TRITON:
+            if a.dtype not in _ORT_TO_TRITON:
                 raise ModelError(
-                    f"{path}: tensor {a.name} has type {a.type}, which Triton cannot carry",
+                    f"{path}: tensor {a.name} has type {a.dtype}, which Triton cannot carry",
                     where=str(path),
                 )
             shape = [d if isinstance(d, int) and d >= 0 else None for d in a.shape]
-            out.append(TensorInfo(a.name, _ORT_TO_TRITON[a.type], shape))
+            out.append(TensorInfo(a.name, _ORT_TO_TRITON[a.dtype], shape))
         return out
 
-    return conv(sess.get_inputs()), conv(sess.get_outputs())
+    inputs, outputs = onnx_io(path)
+    return conv(inputs), conv(outputs)
 
 
 def _engine_io(path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:

@@ -14,8 +14,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kdeploy import __version__
-from kdeploy.errors import RunDirError
-from kdeploy.fsutil import atomic_write_json, combine_digests, read_json, sha256_file
+from kdeploy.core.errors import RunDirError
+from kdeploy.core.fsutil import atomic_write_json, combine_digests, read_json, sha256_file
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1

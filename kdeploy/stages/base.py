@@ -1,0 +1,163 @@
+"""The Stage type (Olive's ``olive_pass.py`` shape): what a stage consumes and produces is
+declared once, as data; the engine resolves it, hashes it into the stage key, checks it,
+runs the stage in a temp dir and commits it. A stage is a thin adapter: ``run(inputs,
+out_dir)`` calls library code and returns what it wrote.
+
+A stage reads only the artifacts named by its ``consumes`` and writes only into
+``out_dir`` (the engine renames it into place on success). Stage modules import nothing
+heavy at module level, so listing them never pulls torch in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from kdeploy.config import Profile
+from kdeploy.data import TrainItem, training_items
+from kdeploy.evaluation.variants import MODEL_ARTIFACTS
+from kdeploy.model_info import ModelInfo, inspect_model
+
+
+@dataclass
+class RunOptions:
+    """Choices from the command line that are not part of the profile."""
+
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Consume:
+    """One input of a stage: the stage reads it as ``role``; the first of ``artifacts``
+    that an earlier stage (or the run's inputs) produced is taken; ``optional`` inputs may
+    be absent."""
+
+    role: str
+    artifacts: tuple[str, ...]
+    optional: bool = False
+
+
+def need(artifact: str, *alternatives: str, role: str | None = None) -> Consume:
+    """A required input: ``artifact``, else the first of ``alternatives`` present."""
+    return Consume(role or artifact, (artifact, *alternatives))
+
+
+def maybe(artifact: str, *alternatives: str, role: str | None = None) -> Consume:
+    """An optional input (absent when no stage produced it)."""
+    return Consume(role or artifact, (artifact, *alternatives), optional=True)
+
+
+@dataclass
+class StageInputs:
+    """What a stage consumes, resolved: role -> path, and which artifact filled it."""
+
+    paths: dict[str, Path]
+    sources: dict[str, str]
+
+    def __getitem__(self, role: str) -> Path:
+        return self.paths[role]
+
+    def __contains__(self, role: str) -> bool:
+        return role in self.paths
+
+    def get(self, role: str) -> Path | None:
+        return self.paths.get(role)
+
+    def source(self, role: str) -> str | None:
+        """The artifact that filled ``role`` (e.g. student_model or teacher_model)."""
+        return self.sources.get(role)
+
+    def by_artifact(self) -> dict[str, Path]:
+        """{artifact name: path} of every input present."""
+        return {self.sources[r]: p for r, p in self.paths.items()}
+
+
+# the models of a run (teacher and student always; baseline, sparse, INT8, engine when
+# produced): what bench, verify and package measure and ship
+MODEL_INPUTS = tuple(
+    need(a) if a in ("teacher_onnx", "student_onnx") else maybe(a) for a in MODEL_ARTIFACTS
+)
+
+
+@dataclass
+class StageResult:
+    outputs: dict[str, Path]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StageEnv:
+    """What every stage of a run sees besides its inputs."""
+
+    profile: Profile
+    options: RunOptions
+    run_dir: Path
+    log: Callable[[str], None] = print
+    # the run's manifest as it stood when the stage started (read-only; the report needs it)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+class Stage:
+    """Base class. Subclasses set the class attributes and implement ``config`` and ``run``;
+    ``enabled``, ``resumable`` and ``unavailable`` have the common answer."""
+
+    name: ClassVar[str]
+    consumes: ClassVar[tuple[Consume, ...]] = ()
+    produces: ClassVar[tuple[str, ...]] = ()  # always produced (others may be added)
+    tools: ClassVar[tuple[str, ...]] = ()  # distributions whose versions enter the stage key
+
+    def __init__(self, env: StageEnv) -> None:
+        self.env = env
+        self.profile = env.profile
+        self.options = env.options
+
+    def log(self, msg: str) -> None:
+        self.env.log(f"[{self.name}] {msg}")
+
+    @property
+    def final_dir(self) -> Path:
+        """Where ``out_dir`` lands when the stage succeeds (paths in reports point there)."""
+        return self.env.run_dir / self.name
+
+    def inspect(self, model_dir: Path) -> ModelInfo:
+        """A model dir of this run, described (with the run's pickle / remote-code choices)."""
+        return inspect_model(
+            model_dir,
+            allow_pickle=self.options.allow_pickle,
+            trust_remote_code=self.options.trust_remote_code,
+            task=self.profile.task,
+        )
+
+    def training_items(self, inputs: StageInputs, kind: str) -> list[TrainItem]:
+        """The distinct training texts every training stage uses (train split + unlabeled,
+        capped and seeded by the distill section)."""
+        d = self.profile.distill
+        return training_items(
+            inputs["dataset"],
+            inputs.get("unlabeled_text"),
+            kind,
+            cap=d.max_train_texts,
+            seed=d.seed,
+        )
+
+    def enabled(self) -> bool:
+        return True
+
+    def config(self) -> dict[str, Any]:
+        """The part of the profile this stage uses: it is hashed into the stage key."""
+        raise NotImplementedError
+
+    def resumable(self) -> bool:
+        """Keep ``out_dir`` after an interruption so that ``run`` resumes there."""
+        return False
+
+    def unavailable(self) -> str | None:
+        """Why this stage cannot run on this machine (the host then hands off, exit 11)."""
+        return None
+
+    def run(self, inputs: StageInputs, out_dir: Path) -> StageResult:
+        raise NotImplementedError

@@ -1,0 +1,85 @@
+"""KD fine-tuning after a structural change (2:4 masks, fake quantizers), and the cleanup
+of what a finished training stage no longer needs."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from kdeploy.config import DistillConfig, FineTune, StudentConfig
+from kdeploy.data import Split, TrainItem
+from kdeploy.model_info import ModelInfo
+from kdeploy.train.distill import fine_tune_config, prepare_teacher, train_kd
+from kdeploy.train.student import select_layers
+
+TRAINING_LEFTOVERS = ("checkpoint", "best", "teacher_targets.npy", "teacher_targets.json")
+
+
+def remove_leftovers(work_dir: Path, *extra: str) -> None:
+    """Checkpoints and cached targets a finished training stage no longer needs."""
+    for leftover in (*TRAINING_LEFTOVERS, *extra):
+        path = work_dir / leftover
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def fine_tune_layer_map(
+    distill: DistillConfig,
+    student: StudentConfig,
+    *,
+    distilled: bool,
+    teacher_layers: int,
+    student_layers: int,
+) -> list[int]:
+    """Teacher layer each student layer imitates in token-level losses: the profile's map,
+    else the layers the distilled student inherited, else the identity (no distill)."""
+    if distill.layer_map is not None:
+        return list(distill.layer_map)
+    if distilled:
+        return select_layers(teacher_layers, student.layers, student.strategy, student.keep)
+    return list(range(student_layers))
+
+
+def kd_fine_tune(
+    student: torch.nn.Module,
+    teacher_info: ModelInfo,
+    distill: DistillConfig,
+    ft: FineTune,
+    items: list[TrainItem],
+    work_dir: Path,
+    *,
+    layer_map: list[int],
+    dev: Split | None,
+    after_step: Callable[[], None] | None = None,
+    label: str,
+    allow_pickle: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """The profile's distillation losses and batch on the same training texts, ``ft``'s
+    schedule, checkpointed in ``work_dir`` (an interrupted stage resumes there).
+    ``after_step`` runs after every optimizer step (e.g. re-applying 2:4 masks)."""
+    cfg = fine_tune_config(distill, ft)
+    if cfg.epochs <= 0:
+        return {"steps": 0, "epochs_run": 0}
+    teacher = prepare_teacher(
+        teacher_info, cfg, items, work_dir, allow_pickle=allow_pickle, progress=progress, log=log
+    )
+    return train_kd(
+        student,
+        teacher,
+        cfg,
+        items,
+        work_dir,
+        layer_map=layer_map,
+        dev=dev if cfg.select_best else None,
+        after_step=after_step,
+        progress=progress,
+        log=log,
+        label=label,
+    )

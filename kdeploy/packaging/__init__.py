@@ -1,3 +1,4 @@
-"""What serving stacks embed: the Triton model repository (``triton``), the reference
-outputs (``reference``) and the check that the packaged model still answers as it did
-(``servecheck``)."""
+"""What serving stacks embed: the Triton model repository (``triton`` writes it from the
+graph's tensors, ``triton_io``, and ``triton_check`` checks it as Triton would), the
+reference outputs (``reference``) and the check that the packaged model still answers as it
+did (``servecheck``)."""

@@ -26,7 +26,12 @@ import numpy as np
 
 from kdeploy.core.errors import ModelError
 from kdeploy.packaging.reference import REFERENCE_JSON, compare
-from kdeploy.packaging.triton import check_config, check_request, load_config, model_file_of
+from kdeploy.packaging.triton_check import (
+    check_config,
+    check_request,
+    load_config,
+    model_file_of,
+)
 from kdeploy.runtime.model import open_model
 from kdeploy.runtime.runners import open_model_file
 

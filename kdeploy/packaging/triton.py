@@ -8,6 +8,9 @@ Tokenization is client-side: the Triton model takes the token tensors the graph 
 (``input_ids``, ``attention_mask``, ...), and clients make them with ``kdeploy.runtime``
 (``Encoder.tokenize``), the same code that computed the run's metrics. See README.
 
+Graph I/O and Triton's type names are in ``triton_io``; reading a config back and checking
+it against the graph and a request, in ``triton_check``.
+
 Torch-free; tritonclient (extra ``triton``) is imported only when a config is built or read.
 """
 
@@ -19,124 +22,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from kdeploy.core.deps import require, version_of
-from kdeploy.core.errors import DependencyError, ModelError
+from kdeploy.core.deps import version_of
+from kdeploy.core.errors import ModelError
+from kdeploy.packaging.triton_check import check_config, load_config, model_file_of
+from kdeploy.packaging.triton_io import (
+    LABELS_FILE,
+    PLATFORMS,
+    VERSION,
+    TensorInfo,
+    graph_io,
+    model_config_pb2,
+)
 from kdeploy.runtime.card import ModelCard
-from kdeploy.runtime.graph import TensorSpec, onnx_io
-
-# graph element types -> Triton DataType names
-_ORT_TO_TRITON = {
-    "tensor(bool)": "TYPE_BOOL",
-    "tensor(uint8)": "TYPE_UINT8",
-    "tensor(int8)": "TYPE_INT8",
-    "tensor(int16)": "TYPE_INT16",
-    "tensor(int32)": "TYPE_INT32",
-    "tensor(int64)": "TYPE_INT64",
-    "tensor(float16)": "TYPE_FP16",
-    "tensor(bfloat16)": "TYPE_BF16",
-    "tensor(float)": "TYPE_FP32",
-    "tensor(double)": "TYPE_FP64",
-}
-_TRT_TO_TRITON = {
-    "BOOL": "TYPE_BOOL",
-    "UINT8": "TYPE_UINT8",
-    "INT8": "TYPE_INT8",
-    "INT32": "TYPE_INT32",
-    "INT64": "TYPE_INT64",
-    "HALF": "TYPE_FP16",
-    "BF16": "TYPE_BF16",
-    "FLOAT": "TYPE_FP32",
-}
-_NUMPY_TO_TRITON = {
-    np.dtype(np.bool_): "TYPE_BOOL",
-    np.dtype(np.uint8): "TYPE_UINT8",
-    np.dtype(np.int8): "TYPE_INT8",
-    np.dtype(np.int16): "TYPE_INT16",
-    np.dtype(np.int32): "TYPE_INT32",
-    np.dtype(np.int64): "TYPE_INT64",
-    np.dtype(np.float16): "TYPE_FP16",
-    np.dtype(np.float32): "TYPE_FP32",
-    np.dtype(np.float64): "TYPE_FP64",
-}
-# model file suffix -> (Triton platform, the file name Triton looks for in the version dir)
-PLATFORMS = {
-    ".onnx": ("onnxruntime_onnx", "model.onnx"),
-    ".plan": ("tensorrt_plan", "model.plan"),
-    ".engine": ("tensorrt_plan", "model.plan"),
-}
-VERSION = "1"
-LABELS_FILE = "labels.txt"
-
-
-def _pb2() -> Any:
-    """tritonclient's ModelConfig protobuf module (Triton's model_config.proto)."""
-    feature = "the Triton model repository (config.pbtxt)"
-    try:
-        return require("tritonclient.grpc.model_config_pb2", feature=feature)
-    except RuntimeError as exc:  # tritonclient without its grpc extra raises RuntimeError
-        raise DependencyError(
-            f"{feature} needs tritonclient with gRPC support ({exc})",
-            fix="pip install 'kdeploy[triton]'",
-        ) from None
-
-
-@dataclass
-class TensorInfo:
-    name: str
-    dtype: str  # Triton DataType name, e.g. TYPE_INT64
-    shape: list[int | None]  # None: a dynamic (symbolic) dimension
-
-
-def graph_io(model_file: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
-    """Inputs and outputs of an ONNX model (via onnxruntime) or a TensorRT engine."""
-    suffix = model_file.suffix.lower()
-    if suffix == ".onnx":
-        return _onnx_io(model_file)
-    if suffix in (".plan", ".engine"):
-        return _engine_io(model_file)
-    raise ModelError(f"cannot read the inputs/outputs of {model_file}", where=str(model_file))
-
-
-def _onnx_io(path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
-    def conv(args: list[TensorSpec]) -> list[TensorInfo]:
-        out = []
-        for a in args:
-            if a.dtype not in _ORT_TO_TRITON:
-                raise ModelError(
-                    f"{path}: tensor {a.name} has type {a.dtype}, which Triton cannot carry",
-                    where=str(path),
-                )
-            shape = [d if isinstance(d, int) and d >= 0 else None for d in a.shape]
-            out.append(TensorInfo(a.name, _ORT_TO_TRITON[a.dtype], shape))
-        return out
-
-    inputs, outputs = onnx_io(path)
-    return conv(inputs), conv(outputs)
-
-
-def _engine_io(path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
-    trt = require("tensorrt", feature="reading a TensorRT engine's inputs and outputs")
-    logger = trt.Logger(trt.Logger.ERROR)
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(path.read_bytes())
-    if engine is None:
-        raise ModelError(f"TensorRT cannot deserialize {path}", where=str(path))
-    inputs, outputs = [], []
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        dtype = _TRT_TO_TRITON.get(engine.get_tensor_dtype(name).name)
-        if dtype is None:
-            raise ModelError(f"{path}: tensor {name} has a type Triton cannot carry")
-        shape = [d if d >= 0 else None for d in engine.get_tensor_shape(name)]
-        info = TensorInfo(name, dtype, shape)
-        is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-        (inputs if is_input else outputs).append(info)
-    return inputs, outputs
-
-
-# ------------------------------------------------------------------------ building
 
 
 @dataclass
@@ -193,7 +90,7 @@ def build_config(
 ) -> Any:
     """The ModelConfig message. Batching needs a dynamic first dim on every tensor; a graph
     without one gets max_batch_size 0 and its full shapes."""
-    pb = _pb2()
+    pb = model_config_pb2()
     batched = settings.max_batch_size > 0 and all(
         t.shape and t.shape[0] is None for t in inputs + outputs
     )
@@ -244,146 +141,6 @@ def render_config(cfg: Any) -> str:
         "(Encoder.tokenize).\n"
     )
     return header + text_format.MessageToString(cfg, use_short_repeated_primitives=True)
-
-
-def load_config(path: Path) -> Any:
-    """Parse a config.pbtxt into tritonclient's ModelConfig (errors name file and line)."""
-    from google.protobuf import text_format
-
-    pb = _pb2()
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ModelError(f"cannot read {path}: {exc.strerror}", where=str(path)) from None
-    try:
-        return text_format.Parse(text, pb.ModelConfig())
-    except text_format.ParseError as exc:
-        line = getattr(exc, "GetLine", lambda: None)()
-        where = f"{path}:{line}" if line else str(path)
-        raise ModelError(
-            f"{path} is not a valid Triton ModelConfig: {exc}",
-            where=where,
-            fix="regenerate it: rerun `kdeploy compress --from package`",
-        ) from None
-
-
-# ------------------------------------------------------------------------ checking
-
-
-def _dtype_name(pb: Any, value: int) -> str:
-    return pb.DataType.Name(value)
-
-
-def model_file_of(cfg: Any, model_dir: Path) -> Path:
-    default = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}.get(
-        cfg.platform or cfg.backend, "model.onnx"
-    )
-    return model_dir / VERSION / (cfg.default_model_filename or default)
-
-
-def check_config(cfg: Any, model_dir: Path) -> list[str]:
-    """Problems that would make Triton refuse the model (empty list: none found)."""
-    pb = _pb2()
-    problems: list[str] = []
-    if cfg.name != model_dir.name:
-        problems.append(f"name '{cfg.name}' differs from the directory name '{model_dir.name}'")
-    if cfg.platform not in {p for p, _ in PLATFORMS.values()}:
-        problems.append(f"platform '{cfg.platform}' is not onnxruntime_onnx or tensorrt_plan")
-        return problems
-    model_file = model_file_of(cfg, model_dir)
-    if not model_file.is_file():
-        return [*problems, f"model file {model_file} is missing"]
-    platform, _ = PLATFORMS.get(model_file.suffix.lower(), (None, None))
-    if platform != cfg.platform:
-        problems.append(f"platform {cfg.platform} does not load {model_file.name}")
-    g_inputs, g_outputs = graph_io(model_file)
-    batched = cfg.max_batch_size > 0
-
-    def compare(kind: str, configured, graph: list[TensorInfo], need_all: bool) -> None:
-        by_name = {t.name: t for t in graph}
-        names = [t.name for t in configured]
-        if need_all:
-            missing = sorted(set(by_name) - set(names))
-            if missing:
-                problems.append(f"graph {kind}(s) {missing} are not in the config")
-        for t in configured:
-            g = by_name.get(t.name)
-            if g is None:
-                problems.append(f"config {kind} '{t.name}' is not in the graph ({sorted(by_name)})")
-                continue
-            if _dtype_name(pb, t.data_type) != g.dtype:
-                problems.append(
-                    f"{kind} '{t.name}': config {_dtype_name(pb, t.data_type)}, graph {g.dtype}"
-                )
-            shape = list(g.shape)
-            if batched:
-                if not shape or shape[0] is not None:
-                    problems.append(
-                        f"{kind} '{t.name}' has no dynamic batch dimension but max_batch_size "
-                        f"is {cfg.max_batch_size}"
-                    )
-                    continue
-                shape = shape[1:]
-            want = [-1 if d is None else d for d in shape]
-            if list(t.dims) != want:
-                problems.append(f"{kind} '{t.name}': config dims {list(t.dims)}, graph {want}")
-
-    compare("input", cfg.input, g_inputs, need_all=True)
-    compare("output", cfg.output, g_outputs, need_all=False)
-    if not cfg.output:
-        problems.append("the config lists no output")
-    if cfg.HasField("dynamic_batching"):
-        if not batched:
-            problems.append("dynamic_batching needs max_batch_size > 0")
-        bad = [
-            b for b in cfg.dynamic_batching.preferred_batch_size if not 0 < b <= cfg.max_batch_size
-        ]
-        if bad:
-            problems.append(f"preferred_batch_size {bad} outside 1..{cfg.max_batch_size}")
-    for group in cfg.instance_group:
-        kind = pb.ModelInstanceGroup.Kind.Name(group.kind)
-        if cfg.platform == "tensorrt_plan" and kind == "KIND_CPU":
-            problems.append("a tensorrt_plan model cannot run on KIND_CPU instances")
-    for t in cfg.output:
-        if t.label_filename and not (model_dir / t.label_filename).is_file():
-            problems.append(f"label file {t.label_filename} of output '{t.name}' is missing")
-    return problems
-
-
-def check_request(cfg: Any, feeds: dict[str, np.ndarray]) -> list[str]:
-    """Would Triton accept these tensors as one request to this model?"""
-    pb = _pb2()
-    problems = []
-    for t in cfg.input:
-        arr = feeds.get(t.name)
-        if arr is None:
-            if not t.optional:
-                problems.append(f"request lacks input '{t.name}'")
-            continue
-        want = _dtype_name(pb, t.data_type)
-        got = _NUMPY_TO_TRITON.get(arr.dtype)
-        if got != want:
-            problems.append(f"input '{t.name}': request {arr.dtype}, config {want}")
-        shape = list(arr.shape)
-        if cfg.max_batch_size > 0:
-            if not shape or not 1 <= shape[0] <= cfg.max_batch_size:
-                problems.append(
-                    f"input '{t.name}': batch {shape[:1]} outside 1..{cfg.max_batch_size}"
-                )
-                continue
-            shape = shape[1:]
-        fits = len(shape) == len(t.dims) and all(
-            d in (-1, s) for d, s in zip(t.dims, shape, strict=True)
-        )
-        if not fits:
-            problems.append(f"input '{t.name}': request shape {list(arr.shape)}, dims {t.dims}")
-    extra = sorted(set(feeds) - {t.name for t in cfg.input})
-    if extra:
-        problems.append(f"request has tensors {extra} the model does not take")
-    return problems
-
-
-# ------------------------------------------------------------------------ writing
 
 
 def write_model_repository(repo: Path, model_dir: Path, profile, *, name: str) -> dict[str, Any]:

@@ -17,15 +17,9 @@ from tritonclient.grpc import model_config_pb2 as mc  # noqa: E402
 from kdeploy.api import serve_check  # noqa: E402
 from kdeploy.config import load_profile  # noqa: E402
 from kdeploy.core.errors import ModelError  # noqa: E402
-from kdeploy.packaging.triton import (  # noqa: E402
-    build_config,
-    check_config,
-    check_request,
-    graph_io,
-    load_config,
-    render_config,
-    settings_for,
-)
+from kdeploy.packaging.triton import build_config, render_config, settings_for  # noqa: E402
+from kdeploy.packaging.triton_check import check_config, check_request, load_config  # noqa: E402
+from kdeploy.packaging.triton_io import graph_io  # noqa: E402
 from kdeploy.runtime import Classifier, Encoder  # noqa: E402
 from kdeploy.runtime.card import ModelCard  # noqa: E402
 from tests.conftest import TINY_OVERRIDES  # noqa: E402

@@ -1,0 +1,6 @@
+"""`python -m kdeploy.cli`: the same as the `kdeploy` command."""
+
+from kdeploy.cli import main
+
+if __name__ == "__main__":  # importing this module (pkgutil walks it) runs nothing
+    main()

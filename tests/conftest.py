@@ -24,6 +24,42 @@ def shared_data(name: str) -> Path:
     return path
 
 
+def centered_cosines(approx, exact):
+    """Row-wise cosine of ``approx`` to ``exact`` after subtracting the mean ``exact`` row
+    from both. A random tiny BERT maps every sentence near one common direction (LayerNorm +
+    mean pooling: 0.85-0.95 cosine between *different* sentences), so a raw cosine of 0.9
+    says nothing; centred, unrelated sentences fall near 0 and a model that lost its
+    weights' detail falls with them."""
+    import numpy as np
+
+    mu = exact.mean(0)
+    a, e = approx - mu, exact - mu
+    return (a * e).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(e, axis=1)
+
+
+def identity_margin(approx, exact) -> float:
+    """min over rows of (centred cosine to its own row - the highest to any other row):
+    > 0 means every output is nearest the reference output of its own sentence."""
+    import numpy as np
+
+    mu = exact.mean(0)
+    a, e = approx - mu, exact - mu
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    c = a @ e.T
+    own = np.diag(c).copy()
+    np.fill_diagonal(c, -np.inf)
+    return float((own - c.max(1)).min())
+
+
+def real_sentences(n: int = 32) -> list[str]:
+    """``n`` distinct STS-B dev sentences (real text of mixed lengths)."""
+    path = shared_data("stsb") / "dev.tsv"
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+    return list(dict.fromkeys(r[0] for r in rows))[:n]
+
+
 def _slice_tsv(src: Path, dst: Path, rows: int) -> None:
     with open(src, encoding="utf-8", newline="") as f:
         lines = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
@@ -93,7 +129,13 @@ def _corpus() -> list[str]:
 
 
 def build_tiny_bert(
-    out_dir: Path, *, layers: int = 4, classifier: bool = False, num_labels: int = 2, seed: int = 0
+    out_dir: Path,
+    *,
+    layers: int = 4,
+    classifier: bool = False,
+    num_labels: int = 2,
+    seed: int = 0,
+    initializer_range: float = 0.02,
 ) -> Path:
     """A random 32-wide BERT saved with safetensors and a fast tokenizer."""
     import torch
@@ -112,6 +154,7 @@ def build_tiny_bert(
         num_attention_heads=4,
         intermediate_size=64,
         max_position_embeddings=128,
+        initializer_range=initializer_range,
     )
     if classifier:
         cfg.num_labels = num_labels
@@ -126,6 +169,16 @@ def build_tiny_bert(
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_spread(tmp_path_factory) -> Path:
+    """The tiny BERT with weights drawn 4x wider (std 0.08): its GEMMs, not the embeddings
+    passed along the residual stream, shape its outputs, so a coarser quantizer shows. At
+    the default 0.02 even ternary GEMM weights keep a centred cosine of 0.985 to fp32."""
+    return build_tiny_bert(
+        tmp_path_factory.mktemp("tiny-bert-spread") / "model", initializer_range=0.08
+    )
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from kdeploy.runtime.card import ModelCard
 from kdeploy.runtime.runners import OrtRunner
 from kdeploy.train.export import export_onnx, torch_outputs, validate_export
 from kdeploy.train.quantize import quantize_student
+from tests.conftest import centered_cosines, identity_margin, real_sentences
 
 TEXTS = [
     "A man is playing a guitar.",
@@ -20,6 +21,13 @@ TEXTS = [
     "Hi",
     "A woman slices an onion very carefully with a sharp knife in a kitchen.",
 ]
+
+
+@pytest.fixture(scope="module")
+def exported_spread(tiny_bert_spread, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export-spread") / "m"
+    export_onnx(inspect_model(tiny_bert_spread), out, opset=18, role="teacher")
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -77,18 +85,35 @@ def test_mean_pooling_matches_reference(exported, tiny_bert):
     np.testing.assert_allclose(torch_outputs(info, TEXTS), ref, atol=1e-5)
 
 
+# Minimum centred cosine (tests/conftest.py) of an INT8 model's embedding to the fp32 one
+# over 32 real STS-B sentences, on the tiny BERT whose GEMMs matter (``tiny_bert_spread``).
+# Measured: dynamic 0.9989 (fused too), static Q/DQ 0.978, static QOperator 0.979. A
+# broken quantizer lands far below: GEMM weights rounded to 4 bits per tensor give 0.75,
+# 3 bits 0.45, ternary 0.10 (test_the_int8_check_rejects_a_4_bit_model), where a raw
+# cosine still gives 0.994 / 0.975 / 0.906 (between unrelated sentences: 0.86-0.99).
+MIN_CENTRED_COSINE = {"dynamic": 0.99, "static": 0.95}
+
+
+def assert_close_embeddings(approx, exact, min_cosine: float) -> None:
+    """Every sentence's embedding is near its fp32 one and nearer it than any other's."""
+    cos = centered_cosines(approx, exact)
+    assert cos.min() >= min_cosine, cos.min()
+    assert identity_margin(approx, exact) > 0
+
+
 @pytest.mark.parametrize(
     "method, fmt", [("dynamic", "qoperator"), ("static", "qdq"), ("static", "qoperator")]
 )
-def test_quantize_gives_int8_model_close_to_fp32(exported, tmp_path, method, fmt):
-    _, src, card = exported
+def test_quantize_gives_int8_model_close_to_fp32(exported_spread, tmp_path, method, fmt):
+    src = exported_spread
+    sentences = real_sentences(32)
     cfg = QuantizeConfig(
         method=method,
         format=fmt,
         activation_type="int8" if fmt == "qdq" else "uint8",
-        calibration_texts=4,
+        calibration_texts=32,
     )
-    info = quantize_student(src, tmp_path / "q", cfg, TEXTS * 4)
+    info = quantize_student(src, tmp_path / "q", cfg, sentences)
     if method == "dynamic":  # (QDQ adds scale tensors, which outweigh a tiny model's savings)
         assert info["bytes_after"] < info["bytes_before"]
     model = onnx.load(str(tmp_path / "q" / "model.onnx"))
@@ -103,18 +128,47 @@ def test_quantize_gives_int8_model_close_to_fp32(exported, tmp_path, method, fmt
     from kdeploy.runtime.model import Encoder
 
     with Encoder(src) as a, Encoder(tmp_path / "q") as b:
-        ea, eb = a.embed(TEXTS), b.embed(TEXTS)
-    cos = (ea * eb).sum(1) / np.linalg.norm(ea, axis=1) / np.linalg.norm(eb, axis=1)
-    assert cos.min() > 0.9
+        ea, eb = a.embed(sentences), b.embed(sentences)
+    assert_close_embeddings(eb, ea, MIN_CENTRED_COSINE[method])
 
 
-def test_fused_dynamic_int8_uses_ort_transformer_kernels(exported, tmp_path):
+def test_the_int8_check_rejects_a_4_bit_model(exported_spread, tmp_path):
+    """The closeness check is not vacuous: the fp32 model with its GEMM weights rounded to
+    4 bits per tensor (a quantizer with far too coarse a grid) fails it."""
+    import shutil
+
+    from onnx import numpy_helper
+
+    from kdeploy.runtime.model import Encoder
+
+    src = exported_spread
+    crude = tmp_path / "crude"
+    shutil.copytree(src, crude)
+    model = onnx.load(str(crude / "model.onnx"))
+    for t in model.graph.initializer:
+        w = numpy_helper.to_array(t)
+        if w.ndim == 2 and w.dtype == np.float32 and min(w.shape) >= 32 and max(w.shape) <= 64:
+            step = np.abs(w).max() / 7  # 4-bit symmetric: levels -7..7
+            t.CopyFrom(
+                numpy_helper.from_array((np.round(w / step) * step).astype(np.float32), t.name)
+            )
+    onnx.save(model, str(crude / "model.onnx"))
+    sentences = real_sentences(32)
+    with Encoder(src) as a, Encoder(crude) as b:
+        ea, eb = a.embed(sentences), b.embed(sentences)
+    raw = (ea * eb).sum(1) / np.linalg.norm(ea, axis=1) / np.linalg.norm(eb, axis=1)
+    assert raw.min() > 0.99  # what the old check (raw cosine > 0.9) would have accepted
+    with pytest.raises(AssertionError):
+        assert_close_embeddings(eb, ea, MIN_CENTRED_COSINE["static"])
+
+
+def test_fused_dynamic_int8_uses_ort_transformer_kernels(exported_spread, tmp_path):
     """quantize.fuse: attention/LayerNorm/GELU fused by ONNX Runtime's transformer optimizer
     before dynamic INT8; the fused graph keeps the fp32 model's outputs."""
     from kdeploy.onnxtools.layers import gemm_layers
     from kdeploy.runtime.model import Encoder
 
-    _, src, _ = exported
+    src = exported_spread
     info = quantize_student(src, tmp_path / "q", QuantizeConfig(fuse=True), [])
     assert info["fused"]["Attention"] == 4 and info["fused"]["SkipLayerNormalization"] == 8
     ops = {n.op_type for n in onnx.load(str(tmp_path / "q" / "model.onnx")).graph.node}
@@ -123,10 +177,10 @@ def test_fused_dynamic_int8_uses_ort_transformer_kernels(exported, tmp_path):
     layers = gemm_layers(tmp_path / "q" / "model.onnx")
     assert sum(x.node.startswith("Attention") for x in layers) == 4  # packed QKV GEMMs
     assert all(x.weight_bits == 8 for x in layers)
+    sentences = real_sentences(32)
     with Encoder(src) as a, Encoder(tmp_path / "q") as b:
-        ea, eb = a.embed(TEXTS), b.embed(TEXTS)
-    cos = (ea * eb).sum(1) / np.linalg.norm(ea, axis=1) / np.linalg.norm(eb, axis=1)
-    assert cos.min() > 0.9
+        ea, eb = a.embed(sentences), b.embed(sentences)
+    assert_close_embeddings(eb, ea, MIN_CENTRED_COSINE["dynamic"])
 
 
 def test_fuse_is_refused_where_it_cannot_run():

@@ -10,9 +10,9 @@ import pytest
 from kdeploy.core.errors import ModelError
 from kdeploy.data import load_task_data
 from kdeploy.runtime import Encoder, open_model
-from kdeploy.runtime.metrics import cosine_rows
 from kdeploy.runtime.runners import open_model_file
 from kdeploy.runtime.text import TextEncoder
+from tests.conftest import centered_cosines, identity_margin
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,11 @@ def test_int8_outputs_depend_only_on_the_batch_layout(tiny_run, texts):
     np.testing.assert_array_equal(a, b)
     with Encoder(deploy, batch_size=16, bucketing=False) as enc:
         c = enc.embed(texts)
-    assert cosine_rows(a, c).min() > 0.95
+    # another batch layout moves dynamic-INT8 outputs only slightly: centred cosine 0.99999
+    # on the tiny BERT (unrelated sentences: near 0), each output nearest its own sentence
+    assert centered_cosines(c, a).min() > 0.999
+    unique = sorted({t: i for i, t in enumerate(texts)}.values())  # pairs repeat sentences
+    assert identity_margin(c[unique], a[unique]) > 0
 
 
 def test_run_dir_and_lazy_open(tiny_run, texts):

@@ -62,6 +62,37 @@ def inspect_model(
 ) -> ModelInfo:
     """Check a local model dir is usable and say what it is. Nothing is downloaded."""
     path = Path(path)
+    cfg_path = _config_path(path)
+    cfg = _read_json(cfg_path)
+    _refuse_remote_code(path, cfg, cfg_path, trust_remote_code)
+    model_type = _supported_model_type(cfg, cfg_path)
+    safetensors = _has_safe_weights(path, allow_pickle)
+    archs = list(cfg.get("architectures") or [])
+    kind = _kind(archs, task)
+    st = (path / "modules.json").is_file()
+    pooling, normalize = _sentence_transformers_head(path) if st else ("mean", False)
+    max_seq_length = _max_seq_length(path, cfg)
+    return ModelInfo(
+        path=path,
+        model_type=model_type,
+        architectures=archs,
+        kind=kind,
+        num_layers=int(cfg.get("num_hidden_layers", 0)),
+        hidden_size=int(cfg.get("hidden_size", 0)),
+        num_heads=int(cfg.get("num_attention_heads", 0)),
+        intermediate_size=int(cfg.get("intermediate_size", 0)),
+        max_positions=int(cfg.get("max_position_embeddings", 512)),
+        pooling=pooling,
+        normalize=normalize,
+        num_labels=_num_labels(cfg) if kind == "classification" else None,
+        safetensors=safetensors,
+        sentence_transformers=st,
+        max_seq_length=max_seq_length,
+    )
+
+
+def _config_path(path: Path) -> Path:
+    """config.json of a model directory; errors say what ``path`` is instead."""
     if not path.exists():
         raise ModelError(
             f"model directory {path} does not exist",
@@ -81,7 +112,11 @@ def inspect_model(
             where=str(path),
             fix="save the model with save_pretrained() or point --model at its folder",
         )
-    cfg = _read_json(cfg_path)
+    return cfg_path
+
+
+def _refuse_remote_code(path: Path, cfg: dict, cfg_path: Path, trust_remote_code: bool) -> None:
+    """A config with ``auto_map`` loads code from the model repository: only when trusted."""
     if cfg.get("auto_map") and not trust_remote_code:
         raise ModelError(
             f"{path} needs custom code from the model repository (config.json has auto_map)",
@@ -89,6 +124,9 @@ def inspect_model(
             fix="kdeploy refuses remote code by default; pass --trust-remote-code if you "
             "have read that code",
         )
+
+
+def _supported_model_type(cfg: dict, cfg_path: Path) -> str:
     model_type = cfg.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         archs = ", ".join(cfg.get("architectures") or [])
@@ -97,6 +135,11 @@ def inspect_model(
             where=str(cfg_path),
             fix=f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}",
         )
+    return model_type
+
+
+def _has_safe_weights(path: Path, allow_pickle: bool) -> bool:
+    """True: safetensors weights; False: pickle weights, accepted with ``allow_pickle``."""
     has_safe = any((path / f).is_file() for f in SAFE_WEIGHTS)
     has_pickle = any((path / f).is_file() for f in PICKLE_WEIGHTS)
     if not has_safe and not has_pickle:
@@ -112,53 +155,56 @@ def inspect_model(
             fix="convert them to model.safetensors, or pass --allow-pickle to load them with "
             "torch.load(weights_only=True)",
         )
-    archs = list(cfg.get("architectures") or [])
-    is_classifier = any(a.endswith("ForSequenceClassification") for a in archs)
-    kind = "classification" if is_classifier else "embedding"
+    return has_safe
+
+
+def _kind(archs: list[str], task: str) -> str:
+    """The model kind: a sequence classifier is "classification", anything else
+    "embedding"; a task other than "auto" overrides the architecture."""
     if task != "auto":
-        kind = task
-    pooling, normalize = "mean", False
-    st = (path / "modules.json").is_file()
-    if st:
-        modules = _read_json(path / "modules.json")
-        normalize = any(str(m.get("type", "")).endswith("Normalize") for m in modules)
-        for m in modules:
-            if str(m.get("type", "")).endswith("Pooling"):
-                pcfg = path / m.get("path", "") / "config.json"
-                if pcfg.is_file():
-                    p = _read_json(pcfg)
-                    if p.get("pooling_mode_cls_token"):
-                        pooling = "cls"
-                    elif not p.get("pooling_mode_mean_tokens", True):
-                        raise ModelError(
-                            f"pooling mode in {pcfg} is not supported (mean and cls are)",
-                            where=str(pcfg),
-                            fix="use a teacher with mean or CLS pooling",
-                        )
+        return task
+    is_classifier = any(a.endswith("ForSequenceClassification") for a in archs)
+    return "classification" if is_classifier else "embedding"
+
+
+def _sentence_transformers_head(path: Path) -> tuple[str, bool]:
+    """(pooling, normalize) from a sentence-transformers model's modules.json."""
+    modules = _read_json(path / "modules.json")
+    normalize = any(str(m.get("type", "")).endswith("Normalize") for m in modules)
+    pooling = "mean"
+    for m in modules:
+        if str(m.get("type", "")).endswith("Pooling"):
+            pcfg = path / m.get("path", "") / "config.json"
+            if pcfg.is_file():
+                pooling = _pooling_mode(pcfg) or pooling
+    return pooling, normalize
+
+
+def _pooling_mode(pcfg: Path) -> str | None:
+    """The pooling of a Pooling module's config: "cls", or None for mean; others refused."""
+    p = _read_json(pcfg)
+    if p.get("pooling_mode_cls_token"):
+        return "cls"
+    if not p.get("pooling_mode_mean_tokens", True):
+        raise ModelError(
+            f"pooling mode in {pcfg} is not supported (mean and cls are)",
+            where=str(pcfg),
+            fix="use a teacher with mean or CLS pooling",
+        )
+    return None
+
+
+def _max_seq_length(path: Path, cfg: dict) -> int:
+    """sentence-transformers' max_seq_length when set, else the positions (at most 512)."""
     max_seq_length = min(int(cfg.get("max_position_embeddings", 512)), 512)
     sbert = path / "sentence_bert_config.json"
     if sbert.is_file():
         max_seq_length = int(_read_json(sbert).get("max_seq_length") or max_seq_length)
-    num_labels = None
-    if kind == "classification":
-        num_labels = len(cfg.get("id2label") or {}) or cfg.get("num_labels") or 2
-    return ModelInfo(
-        path=path,
-        model_type=model_type,
-        architectures=archs,
-        kind=kind,
-        num_layers=int(cfg.get("num_hidden_layers", 0)),
-        hidden_size=int(cfg.get("hidden_size", 0)),
-        num_heads=int(cfg.get("num_attention_heads", 0)),
-        intermediate_size=int(cfg.get("intermediate_size", 0)),
-        max_positions=int(cfg.get("max_position_embeddings", 512)),
-        pooling=pooling,
-        normalize=normalize,
-        num_labels=num_labels,
-        safetensors=has_safe,
-        sentence_transformers=st,
-        max_seq_length=max_seq_length,
-    )
+    return max_seq_length
+
+
+def _num_labels(cfg: dict) -> int:
+    return len(cfg.get("id2label") or {}) or cfg.get("num_labels") or 2
 
 
 def width_problem(

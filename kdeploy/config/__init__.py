@@ -1,6 +1,7 @@
-"""Profiles: the schema (pydantic models and presets), the cross-field rules (one small
-function each), the typed method configs, the loader (YAML, ``extends:``, ``--set``, file:line
-errors) and where profiles are found. ``from kdeploy.config import load_profile``."""
+"""Profiles: the schema (pydantic models and presets, in ``schema`` and ``sections``), the
+cross-field rules (one small function each), the typed method configs, the loader (YAML,
+``extends:``, ``--set``, file:line errors) and where profiles are found.
+``from kdeploy.config import load_profile``."""
 
 from kdeploy.config.discovery import available_profiles, profile_dirs, resolve_profile_path
 from kdeploy.config.loader import (
@@ -13,17 +14,19 @@ from kdeploy.config.loader import (
 from kdeploy.config.methods import FineTune
 from kdeploy.config.schema import (
     ALWAYS_DENSE,
-    DEFAULT_EVAL_BATCH,
-    BenchConfig,
-    Budgets,
     DistillConfig,
-    ExportConfig,
-    ExportShapes,
     Profile,
     QuantizeConfig,
     SparsifyConfig,
     StudentConfig,
     Target,
+)
+from kdeploy.config.sections import (
+    DEFAULT_EVAL_BATCH,
+    BenchConfig,
+    Budgets,
+    ExportConfig,
+    ExportShapes,
     VerifyConfig,
 )
 

@@ -2,9 +2,9 @@
 
 A rule reads one validated section (or the whole profile) and raises ``ValueError`` with a
 message that names the keys involved; the loader turns it into a ProfileError pointing at
-the file and line of the first key the message names. The schema (``schema.py``) holds the
-models only and runs these lists from one validator per model, in the order given here: the
-first rule a profile breaks is the one reported.
+the file and line of the first key the message names. The schema (``schema.py`` and
+``sections.py``) holds the models only and runs these lists from one validator per model, in
+the order given here: the first rule a profile breaks is the one reported.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ if TYPE_CHECKING:
     from kdeploy.config.schema import (
         DistillConfig,
         LossWeights,
-        MinOptMax,
         Profile,
         QuantizeConfig,
         StudentConfig,
         Target,
     )
+    from kdeploy.config.sections import MinOptMax
 
 
 def check(model: Any, rules: Sequence[Callable[[Any], None]]) -> Any:

@@ -1,9 +1,12 @@
 """The profile schema: pydantic models and presets only (ModelOpt's ``config.py`` shape).
 
-A profile is data: one YAML per deployment target. The cross-field rules live in
-``rules.py`` (one small function each, run by one validator per model); reading YAML,
-``extends:``, ``--set`` and file:line errors live in ``loader.py``; the typed per-method
-configs the quantize and sparsify handlers receive live in ``methods.py``.
+A profile is data: one YAML per deployment target. This module holds the target and the
+recipe (student, distill, sparsify, quantize) and the Profile itself; the sections that
+export, measure and package the result (export, bench, verify, package) live in
+``sections.py``. The cross-field rules live in ``rules.py`` (one small function each, run by
+one validator per model); reading YAML, ``extends:``, ``--set`` and file:line errors live in
+``loader.py``; the typed per-method configs the quantize and sparsify handlers receive live
+in ``methods.py``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from kdeploy.config.methods import (
     method_config,
 )
 from kdeploy.config.methods import Strict as _Strict
+from kdeploy.config.sections import BenchConfig, ExportConfig, PackageConfig, VerifyConfig
 
 Device = Literal["cpu", "a100", "h100", "t4", "orin"]
 
@@ -284,106 +288,6 @@ class QuantizeConfig(_Strict):
         """ptq/qat quantize the torch model (modelopt) before export; dynamic/static the
         exported ONNX model (ONNX Runtime)."""
         return isinstance(self.method_config(), TORCH_QUANTIZE)
-
-
-class MinOptMax(_Strict):
-    min: int = Field(ge=1)
-    opt: int = Field(ge=1)
-    max: int = Field(ge=1)
-
-    @model_validator(mode="after")
-    def _rules(self) -> MinOptMax:
-        return rules.check(self, rules.MIN_OPT_MAX)
-
-
-class ExportShapes(_Strict):
-    batch: MinOptMax
-    sequence: MinOptMax
-
-
-class ExportConfig(_Strict):
-    opset: int = Field(default=18, ge=13, le=23)
-    shapes: ExportShapes
-    atol: float = Field(default=1e-4, gt=0, description="Max abs diff torch vs ONNX.")
-    min_cosine: float = Field(default=0.9999, gt=0, le=1)
-    qdq_atol: float = Field(
-        default=0.05, gt=0, description="Max abs diff fake-quantized torch vs Q/DQ ONNX."
-    )
-    qdq_min_cosine: float = Field(default=0.995, gt=0, le=1)
-    validation_texts: int = Field(default=64, ge=1)
-
-
-class BenchConfig(_Strict):
-    batch_sizes: list[int] = Field(default=[1, 8, 32], min_length=1)
-    sequence_lengths: list[int] = Field(default=[32, 128], min_length=1)
-    warmup: int = Field(default=3, ge=0)
-    iterations: int = Field(default=20, ge=1)
-    throughput_batch_size: int = Field(default=32, ge=1)
-    throughput_texts: int | None = Field(default=None, ge=1)
-    throughput_repeats: int = Field(default=1, ge=1, le=20)
-
-
-class LatencyBudget(_Strict):
-    batch: int = Field(ge=1)
-    sequence: int = Field(ge=1)
-    p50_ms: float | None = Field(default=None, gt=0)
-    p99_ms: float | None = Field(default=None, gt=0)
-
-
-class SpeedupBudget(_Strict):
-    over: Literal["teacher_fp32", "teacher_int8"] = "teacher_fp32"
-    ratio: float = Field(gt=0)
-
-
-class Budgets(_Strict):
-    min_retention: float | None = Field(
-        default=None, gt=0, le=1.5, description="student metric / teacher metric"
-    )
-    max_latency: LatencyBudget | None = None
-    min_speedup: SpeedupBudget | None = None
-
-
-DEFAULT_EVAL_BATCH = 64
-
-
-class VerifyConfig(_Strict):
-    eval_split: Literal["auto", "dev", "test"] = "auto"
-    max_eval_examples: int | None = Field(default=None, ge=1)
-    batch_size: int | None = Field(
-        default=None,
-        ge=1,
-        description=f"Texts per inference call; None = {DEFAULT_EVAL_BATCH}. A value larger "
-        "than the eval split is refused (the split is then not the data you meant, or the "
-        "value is a typo).",
-    )
-    budgets: Budgets = Budgets()
-
-    @property
-    def eval_batch_size(self) -> int:
-        return self.batch_size or DEFAULT_EVAL_BATCH
-
-
-class PackageConfig(_Strict):
-    """What the package stage leaves for a serving stack."""
-
-    triton: bool = Field(
-        default=True, description="Write a Triton model repository (needs kdeploy[triton])."
-    )
-    triton_model_name: str | None = Field(
-        default=None,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-        description="Model name in the Triton repository (default: <teacher>_<precision>).",
-    )
-    preferred_batch_sizes: list[int] | None = Field(
-        default=None,
-        description="Triton dynamic batching preferred sizes (default: bench.batch_sizes > 1).",
-    )
-    max_queue_delay_us: int = Field(default=100, ge=0, le=10_000_000)
-    instances: int = Field(default=1, ge=1, le=64, description="Triton instance_group count.")
-    reference_texts: int = Field(
-        default=16, ge=1, le=10_000, description="Dev sentences whose outputs serve-check replays."
-    )
-    plots: bool = Field(default=True, description="PNG plots in the report (needs matplotlib).")
 
 
 class Profile(_Strict):

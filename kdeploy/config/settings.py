@@ -3,7 +3,8 @@ without the pipeline's schema (``kdeploy.runtime`` imports nothing outside itsel
 
 from __future__ import annotations
 
-from kdeploy.config.schema import MinOptMax, Profile
+from kdeploy.config.schema import Profile
+from kdeploy.config.sections import MinOptMax
 from kdeploy.runtime.build_plan import AxisRange, BuildSettings
 from kdeploy.runtime.runners import RunnerSettings
 

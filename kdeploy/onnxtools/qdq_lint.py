@@ -81,40 +81,39 @@ def _attr(node, name: str, default: Any = None) -> Any:
     return default
 
 
-def lint_qdq(path: Path) -> list[Finding]:
-    """Every violation of RULES in the ONNX model at ``path`` (an empty list = clean)."""
-    import onnx
-    from onnx import numpy_helper
+@dataclass
+class _GraphIndex:
+    """What the rules look up in a graph: constant values (initializers and Constant
+    nodes), the node producing each tensor and the nodes consuming it."""
 
-    model = onnx.load(str(path))
-    g = model.graph
-    consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    for n in g.node:
-        if n.op_type == "Constant" and n.output and _attr(n, "value") is not None:
-            consts[n.output[0]] = numpy_helper.to_array(_attr(n, "value"))
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    findings: list[Finding] = []
+    consts: dict[str, np.ndarray]
+    producer: dict[str, Any]
+    consumers: dict[str, list]
 
-    def add(rule: str, node, msg: str) -> None:
-        findings.append(Finding(rule, node.name or node.op_type, msg, RULES[rule][1]))
+    @classmethod
+    def of(cls, g: Any) -> _GraphIndex:
+        from onnx import numpy_helper
 
-    qdq = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
-    if not qdq:
-        return findings
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    if opset < 13:
-        findings.append(Finding("opset", "(model)", f"opset {opset} < 13", RULES["opset"][1]))
+        consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        for n in g.node:
+            if n.op_type == "Constant" and n.output and _attr(n, "value") is not None:
+                consts[n.output[0]] = numpy_helper.to_array(_attr(n, "value"))
+        consumers: dict[str, list] = {}
+        for n in g.node:
+            for i in n.input:
+                consumers.setdefault(i, []).append(n)
+        return cls(consts, {o: n for n in g.node for o in n.output}, consumers)
 
-    def is_weight(name: str) -> bool:
+    def const_input(self, node: Any, i: int) -> np.ndarray | None:
+        """The constant value of a node's ``i``-th input (None: absent or computed)."""
+        return self.consts.get(node.input[i]) if len(node.input) > i else None
+
+    def is_weight(self, name: str) -> bool:
         """``name`` comes from a constant through Q/DQ / layout ops only."""
         for _ in range(8):
-            if name in consts:
+            if name in self.consts:
                 return True
-            node = producer.get(name)
+            node = self.producer.get(name)
             if node is None or node.op_type not in _LAYOUT_OPS | {
                 "QuantizeLinear",
                 "DequantizeLinear",
@@ -124,58 +123,118 @@ def lint_qdq(path: Path) -> list[Finding]:
             name = node.input[0]
         return False
 
-    for n in qdq:
-        scale = consts.get(n.input[1]) if len(n.input) > 1 else None
-        zp = consts.get(n.input[2]) if len(n.input) > 2 else None
-        if scale is None:
-            add("scale", n, "scale is not a constant")
-        elif not (np.isfinite(scale).all() and (scale > 0).all()):
-            add("scale", n, f"scale has non-finite or non-positive values ({scale.min()!r})")
-        if zp is not None:
-            if zp.dtype != np.int8:
-                add("int8", n, f"zero point dtype is {zp.dtype}, not int8")
-            if np.any(zp != 0):
-                add("zero-point", n, f"non-zero zero point(s), e.g. {zp.flat[0]!r}")
-        weight = is_weight(n.input[0])
-        per_channel = scale is not None and scale.size > 1
-        if weight and per_channel:
-            w = consts.get(n.input[0])
-            src = n.input[0]
-            while w is None and src in producer:
-                src = producer[src].input[0]
-                w = consts.get(src)
-            axis = _attr(n, "axis", 1)
-            if w is not None and w.ndim == 2 and not _output_axis_ok(n, axis, consumers):
-                add("weight-axis", n, f"per-channel axis {axis} is not the output channel")
-        elif not weight and per_channel:
-            add("weight-axis", n, "an activation is quantized per channel")
-        if n.op_type == "DequantizeLinear" and not weight:
-            q = producer.get(n.input[0])
-            if q is None or q.op_type != "QuantizeLinear":
-                add("pair", n, "DequantizeLinear of an activation without its QuantizeLinear")
-            elif (q.input[1:] != n.input[1:]) and not _same_values(q, n, consts):
-                add("pair", n, "Q and DQ of a pair differ in scale or zero point")
-        if n.op_type == "DequantizeLinear":
-            for c in _effective_consumers(n.output[0], consumers):
-                if c.op_type not in GEMM_OPS | _SHAPE_ONLY:
-                    add(
-                        "placement",
-                        n,
-                        f"dequantized tensor feeds {c.op_type} '{c.name}', not a GEMM",
-                    )
-        if n.op_type == "QuantizeLinear":
-            src = producer.get(n.input[0])
-            if src is not None and src.op_type in GEMM_OPS:
-                add("placement", n, f"quantizes the output of {src.op_type} '{src.name}'")
+    def const_behind(self, name: str) -> np.ndarray | None:
+        """The constant a tensor is computed from, following first inputs upstream."""
+        w = self.consts.get(name)
+        while w is None and name in self.producer:
+            name = self.producer[name].input[0]
+            w = self.consts.get(name)
+        return w
 
-    for n in g.node:
+
+def _finding(rule: str, node: Any, msg: str) -> Finding:
+    return Finding(rule, node.name or node.op_type, msg, RULES[rule][1])
+
+
+def lint_qdq(path: Path) -> list[Finding]:
+    """Every violation of RULES in the ONNX model at ``path`` (an empty list = clean)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    idx = _GraphIndex.of(model.graph)
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    if not qdq:
+        return []
+    findings: list[Finding] = []
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset < 13:
+        findings.append(Finding("opset", "(model)", f"opset {opset} < 13", RULES["opset"][1]))
+    for n in qdq:
+        scale, zp = idx.const_input(n, 1), idx.const_input(n, 2)
+        weight = idx.is_weight(n.input[0])
+        findings += _scale_rule(n, scale)
+        findings += _zero_point_rules(n, zp)
+        findings += _weight_axis_rule(idx, n, scale, weight)
+        findings += _pair_rule(idx, n, weight)
+        findings += _placement_rule(idx, n)
+    findings += _gemm_inputs_rule(idx, model.graph.node)
+    return findings
+
+
+def _scale_rule(n: Any, scale: np.ndarray | None) -> list[Finding]:
+    if scale is None:
+        return [_finding("scale", n, "scale is not a constant")]
+    if not (np.isfinite(scale).all() and (scale > 0).all()):
+        msg = f"scale has non-finite or non-positive values ({scale.min()!r})"
+        return [_finding("scale", n, msg)]
+    return []
+
+
+def _zero_point_rules(n: Any, zp: np.ndarray | None) -> list[Finding]:
+    """The int8 and zero-point rules: a zero point is int8 and all 0."""
+    if zp is None:
+        return []
+    found = []
+    if zp.dtype != np.int8:
+        found.append(_finding("int8", n, f"zero point dtype is {zp.dtype}, not int8"))
+    if np.any(zp != 0):
+        found.append(_finding("zero-point", n, f"non-zero zero point(s), e.g. {zp.flat[0]!r}"))
+    return found
+
+
+def _weight_axis_rule(
+    idx: _GraphIndex, n: Any, scale: np.ndarray | None, weight: bool
+) -> list[Finding]:
+    if scale is None or scale.size <= 1:  # per tensor
+        return []
+    if not weight:
+        return [_finding("weight-axis", n, "an activation is quantized per channel")]
+    w = idx.const_behind(n.input[0])
+    axis = _attr(n, "axis", 1)
+    if w is not None and w.ndim == 2 and not _output_axis_ok(n, axis, idx.consumers):
+        return [_finding("weight-axis", n, f"per-channel axis {axis} is not the output channel")]
+    return []
+
+
+def _pair_rule(idx: _GraphIndex, n: Any, weight: bool) -> list[Finding]:
+    if n.op_type != "DequantizeLinear" or weight:
+        return []
+    q = idx.producer.get(n.input[0])
+    if q is None or q.op_type != "QuantizeLinear":
+        msg = "DequantizeLinear of an activation without its QuantizeLinear"
+        return [_finding("pair", n, msg)]
+    if (q.input[1:] != n.input[1:]) and not _same_values(q, n, idx.consts):
+        return [_finding("pair", n, "Q and DQ of a pair differ in scale or zero point")]
+    return []
+
+
+def _placement_rule(idx: _GraphIndex, n: Any) -> list[Finding]:
+    """A DequantizeLinear feeds only GEMMs; a QuantizeLinear does not quantize a GEMM's
+    output."""
+    if n.op_type == "DequantizeLinear":
+        return [
+            _finding("placement", n, f"dequantized tensor feeds {c.op_type} '{c.name}', not a GEMM")
+            for c in _effective_consumers(n.output[0], idx.consumers)
+            if c.op_type not in GEMM_OPS | _SHAPE_ONLY
+        ]
+    src = idx.producer.get(n.input[0])
+    if src is not None and src.op_type in GEMM_OPS:
+        return [_finding("placement", n, f"quantizes the output of {src.op_type} '{src.name}'")]
+    return []
+
+
+def _gemm_inputs_rule(idx: _GraphIndex, nodes: Any) -> list[Finding]:
+    found = []
+    for n in nodes:
         if n.op_type not in GEMM_OPS or len(n.input) < 2:
             continue
-        fed = [_dequantized(i, producer) for i in n.input[:2]]
+        fed = [_dequantized(i, idx.producer) for i in n.input[:2]]
         if any(fed) and not all(fed):
             which = "weight" if fed[0] else "activation"
-            add("gemm-inputs", n, f"has Q/DQ on one input only (its {which} is float)")
-    return findings
+            found.append(
+                _finding("gemm-inputs", n, f"has Q/DQ on one input only (its {which} is float)")
+            )
+    return found
 
 
 def _same_values(q, dq, consts: dict[str, np.ndarray]) -> bool:

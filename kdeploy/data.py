@@ -130,6 +130,30 @@ def load_task_data(root: Path | str, *, need_train: bool = True) -> TaskData:
 
 
 def _read_split(name: str, path: Path) -> tuple[Split, str]:
+    header, body = _read_tsv(path)
+    cols = {h: i for i, h in enumerate(header)}
+    task, a, b, lab = _split_columns(path, header, cols)
+    width = len(header)
+    texts_a: list[str] = []
+    texts_b: list[str] | None = [] if b else None
+    labels: list = [] if lab else None  # type: ignore[assignment]
+    for lineno, row in enumerate(body, start=2):
+        if len(row) < width:
+            raise DataError(
+                f"row has {len(row)} fields, the header has {width}",
+                where=f"{path}:{lineno}",
+                fix="check for a missing tab (files are read with quoting off)",
+            )
+        texts_a.append(row[cols[a]])
+        if b is not None and texts_b is not None:
+            texts_b.append(row[cols[b]])
+        if lab is not None:
+            labels.append(_label_value(row[cols[lab]].strip(), lab, task, f"{path}:{lineno}"))
+    return Split(name, path, texts_a, texts_b, labels), task
+
+
+def _read_tsv(path: Path) -> tuple[list[str], list[list[str]]]:
+    """(stripped header, data rows) of a UTF-8 TSV read with quoting off; both non-empty."""
     try:
         with open(path, encoding="utf-8", newline="") as f:
             rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
@@ -151,57 +175,50 @@ def _read_split(name: str, path: Path) -> tuple[Split, str]:
     body = rows[1:]
     if not body:
         raise DataError(f"{path} has a header but no rows", where=f"{path}:1", fix="add data rows")
-    cols = {h: i for i, h in enumerate(header)}
+    return header, body
+
+
+def _split_columns(
+    path: Path, header: list[str], cols: dict[str, int]
+) -> tuple[str, str, str | None, str | None]:
+    """(task, text column, second text column or None, label column or None) the header
+    names: STS pairs with scores, labelled sentences or pairs, or unlabeled texts."""
     if {"sentence1", "sentence2", "score"} <= cols.keys():
-        task, a, b, lab = "sts", "sentence1", "sentence2", "score"
-    elif {"sentence", "label"} <= cols.keys():
-        task, a, b, lab = "classification", "sentence", None, "label"
-    elif {"sentence1", "sentence2", "label"} <= cols.keys():
-        task, a, b, lab = "classification", "sentence1", "sentence2", "label"
-    elif "sentence" in cols or "text" in cols or "sentence1" in cols:
+        return "sts", "sentence1", "sentence2", "score"
+    if {"sentence", "label"} <= cols.keys():
+        return "classification", "sentence", None, "label"
+    if {"sentence1", "sentence2", "label"} <= cols.keys():
+        return "classification", "sentence1", "sentence2", "label"
+    if "sentence" in cols or "text" in cols or "sentence1" in cols:
         # An unlabeled split (e.g. GLUE test): texts only.
         a = "sentence" if "sentence" in cols else "text" if "text" in cols else "sentence1"
         b = "sentence2" if "sentence2" in cols and a == "sentence1" else None
-        task, lab = ("sts" if b else "classification"), None
-    else:
+        return ("sts" if b else "classification"), a, b, None
+    raise DataError(
+        f"{path} has columns {header}; expected sentence1/sentence2/score (STS) or "
+        "sentence/label (classification)",
+        where=f"{path}:1",
+        fix="rename the header columns",
+    )
+
+
+def _label_value(raw: str, lab: str, task: str, where: str) -> float | int:
+    """An STS score (float) or a class index (int >= 0) from its stripped cell."""
+    try:
+        value = float(raw) if task == "sts" else int(raw)
+    except ValueError:
         raise DataError(
-            f"{path} has columns {header}; expected sentence1/sentence2/score (STS) or "
-            "sentence/label (classification)",
-            where=f"{path}:1",
-            fix="rename the header columns",
+            f"{lab} '{raw}' is not a number",
+            where=where,
+            fix=f"the {lab} column needs numbers",
+        ) from None
+    if task == "classification" and value < 0:
+        raise DataError(
+            f"label {value} is negative",
+            where=where,
+            fix="labels are class indices 0..N-1",
         )
-    width = len(header)
-    texts_a: list[str] = []
-    texts_b: list[str] | None = [] if b else None
-    labels: list = [] if lab else None  # type: ignore[assignment]
-    for lineno, row in enumerate(body, start=2):
-        if len(row) < width:
-            raise DataError(
-                f"row has {len(row)} fields, the header has {width}",
-                where=f"{path}:{lineno}",
-                fix="check for a missing tab (files are read with quoting off)",
-            )
-        texts_a.append(row[cols[a]])
-        if b is not None and texts_b is not None:
-            texts_b.append(row[cols[b]])
-        if lab is not None:
-            raw = row[cols[lab]].strip()
-            try:
-                value = float(raw) if task == "sts" else int(raw)
-            except ValueError:
-                raise DataError(
-                    f"{lab} '{raw}' is not a number",
-                    where=f"{path}:{lineno}",
-                    fix=f"the {lab} column needs numbers",
-                ) from None
-            if task == "classification" and value < 0:
-                raise DataError(
-                    f"label {value} is negative",
-                    where=f"{path}:{lineno}",
-                    fix="labels are class indices 0..N-1",
-                )
-            labels.append(value)
-    return Split(name, path, texts_a, texts_b, labels), task
+    return value
 
 
 def unlabeled_file(path: Path | str) -> Path:

@@ -157,25 +157,7 @@ def _commit(
             fix="a kdeploy bug: please report it",
         )
     final = run_dir / name
-    try:
-        outputs = {
-            out_name: (
-                Path(path).resolve().relative_to(work.resolve()),
-                digest_files(Path(path), sha256=fsutil.sha256_file),
-            )
-            for out_name, path in result.outputs.items()
-        }
-        fsutil.atomic_write_json(work / "metrics.json", result.metrics)
-    except KeyboardInterrupt:
-        _cleanup(work, resumable)
-        raise Interrupted(
-            f"stopped while stage {name} was being saved; finished stages are kept",
-            where=str(run_dir),
-            fix="rerun the same command to resume",
-        ) from None
-    except RunDirError:
-        _cleanup(work, resumable)
-        raise
+    outputs = _hash_outputs(run_dir, name, result, work, resumable)
     artifacts = {
         n: make_artifact(run_dir, final / rel, files) for n, (rel, files) in outputs.items()
     }
@@ -199,6 +181,34 @@ def _commit(
         for path, sha in art.file_paths(run_dir).items():
             state.hashes.remember(path, sha)
     return record
+
+
+def _hash_outputs(
+    run_dir: Path, name: str, result: StageResult, work: Path, resumable: bool
+) -> dict[str, tuple[Path, dict[str, str]]]:
+    """{output: (path in the work dir, its files' digests)}, and metrics.json written. A
+    Ctrl-C or a run-dir error here removes the work dir (keeping a resumable stage's
+    checkpoints)."""
+    try:
+        outputs = {
+            out_name: (
+                Path(path).resolve().relative_to(work.resolve()),
+                digest_files(Path(path), sha256=fsutil.sha256_file),
+            )
+            for out_name, path in result.outputs.items()
+        }
+        fsutil.atomic_write_json(work / "metrics.json", result.metrics)
+    except KeyboardInterrupt:
+        _cleanup(work, resumable)
+        raise Interrupted(
+            f"stopped while stage {name} was being saved; finished stages are kept",
+            where=str(run_dir),
+            fix="rerun the same command to resume",
+        ) from None
+    except RunDirError:
+        _cleanup(work, resumable)
+        raise
+    return outputs
 
 
 def _write_error_log(path: Path, text: str) -> str | None:

@@ -50,6 +50,38 @@ def build_report(
         name: {"seconds": rec["seconds"], "finished": rec["finished"], "key": rec["key"]}
         for name, rec in manifest["stages"].items()
     }
+    return {
+        "kdeploy_version": __version__,
+        "profile": manifest["profile"],
+        "model": manifest["model"],
+        "data": manifest["data"],
+        "host": (bench or {}).get("host"),
+        "threads": (bench or {}).get("threads"),
+        "versions": tool_versions(),
+        "stages": stages,
+        "skipped_stages": manifest.get("skipped", []),
+        "distill": manifest["stages"].get("distill", {}).get("metrics"),
+        "sparsify": manifest["stages"].get("sparsify", {}).get("metrics"),
+        "export": manifest["stages"].get("export", {}).get("metrics"),
+        "quantize": manifest["stages"].get("quantize", {}).get("metrics"),
+        "build": manifest["stages"].get("build", {}).get("metrics"),
+        "summary": summary_rows(bench, verify),
+        "bench": bench,
+        "verify": verify,
+        "deploy_dir": deploy_dir,
+        "passed": (verify or {}).get("passed"),
+        "chain": chain_rows(manifest, bench, verify, budgets, model_stats or {}),
+        "layers": layer_rows(model_stats or {}),
+        "budget_limits": _budget_limits(budgets),
+        "not_in_profile": list(manifest.get("skipped", [])),
+        "triton": triton,
+        "reference": reference,
+        "plots": None,
+    }
+
+
+def summary_rows(bench: dict | None, verify: dict | None) -> list[dict[str, Any]]:
+    """One row per benchmarked or verified model: size, metric and batch-1 latency."""
     rows = []
     models = (verify or {}).get("models", {})
     bench_models = (bench or {}).get("models", {})
@@ -72,34 +104,7 @@ def build_report(
                 "b1_sequence": b1["sequence"] if b1 else None,
             }
         )
-    return {
-        "kdeploy_version": __version__,
-        "profile": manifest["profile"],
-        "model": manifest["model"],
-        "data": manifest["data"],
-        "host": (bench or {}).get("host"),
-        "threads": (bench or {}).get("threads"),
-        "versions": tool_versions(),
-        "stages": stages,
-        "skipped_stages": manifest.get("skipped", []),
-        "distill": manifest["stages"].get("distill", {}).get("metrics"),
-        "sparsify": manifest["stages"].get("sparsify", {}).get("metrics"),
-        "export": manifest["stages"].get("export", {}).get("metrics"),
-        "quantize": manifest["stages"].get("quantize", {}).get("metrics"),
-        "build": manifest["stages"].get("build", {}).get("metrics"),
-        "summary": rows,
-        "bench": bench,
-        "verify": verify,
-        "deploy_dir": deploy_dir,
-        "passed": (verify or {}).get("passed"),
-        "chain": chain_rows(manifest, bench, verify, budgets, model_stats or {}),
-        "layers": layer_rows(model_stats or {}),
-        "budget_limits": _budget_limits(budgets),
-        "not_in_profile": list(manifest.get("skipped", [])),
-        "triton": triton,
-        "reference": reference,
-        "plots": None,
-    }
+    return rows
 
 
 def _budget_limits(budgets: Any) -> dict[str, Any]:
@@ -148,18 +153,9 @@ def chain_rows(
     for name in dict.fromkeys([*bench_models, *v_models, *model_stats]):
         b, v, st = bench_models.get(name, {}), v_models.get(name, {}), model_stats.get(name, {})
         role = b.get("role") or st.get("role")
-        made_by = producers.get(name)
-        if name == "student_sparse" and made_by == "export":
-            made_by = "sparsify+export"
-        elif role == "student" and made_by == "export" and "distill" in manifest["stages"]:
-            made_by = "distill+export"
         kind = (
             "reference" if name == "teacher_fp32" else "baseline" if role == "teacher" else "chain"
         )
-        g = None
-        if cell:
-            g = next((x for x in b.get("latency", []) if (x["batch"], x["sequence"]) == cell), None)
-        tp = b.get("throughput", {})
         budget_rows = []
         if (
             budgets is not None
@@ -172,7 +168,7 @@ def chain_rows(
             {
                 "model": name,
                 "kind": kind,
-                "made_by": made_by,
+                "made_by": _made_by(name, role, producers.get(name), manifest),
                 "deploy": name == deploy,
                 "role": role,
                 "precision": b.get("precision") or st.get("precision"),
@@ -183,19 +179,42 @@ def chain_rows(
                 "metric": v.get("metric"),
                 "value": v.get("value"),
                 "retention": v.get("retention"),
-                "latency_cell": list(cell) if cell else None,
-                "p50_ms": g["p50_ms"] if g else None,
-                "p99_ms": g["p99_ms"] if g else None,
-                "sentences_per_s": tp.get("sentences_per_s"),
-                "throughput_batch": tp.get("batch_size"),
-                "speedup": tp["sentences_per_s"] / ref_tp
-                if ref_tp and tp.get("sentences_per_s")
-                else None,
+                **_speed_cells(b, cell, ref_tp),
                 "budgets": {r["name"]: r["passed"] for r in budget_rows},
                 "passed": all(r["passed"] for r in budget_rows) if budget_rows else None,
             }
         )
     return rows
+
+
+def _made_by(
+    name: str, role: str | None, producer: str | None, manifest: dict[str, Any]
+) -> str | None:
+    """The stage(s) that made a model: its artifact's producer, with the stage before the
+    export named for the students it exported."""
+    if name == "student_sparse" and producer == "export":
+        return "sparsify+export"
+    if role == "student" and producer == "export" and "distill" in manifest["stages"]:
+        return "distill+export"
+    return producer
+
+
+def _speed_cells(
+    b: dict[str, Any], cell: tuple[int, int] | None, ref_tp: float | None
+) -> dict[str, Any]:
+    """A chain row's latency at ``cell``, throughput and speedup over the FP32 teacher."""
+    g = None
+    if cell:
+        g = next((x for x in b.get("latency", []) if (x["batch"], x["sequence"]) == cell), None)
+    tp = b.get("throughput", {})
+    return {
+        "latency_cell": list(cell) if cell else None,
+        "p50_ms": g["p50_ms"] if g else None,
+        "p99_ms": g["p99_ms"] if g else None,
+        "sentences_per_s": tp.get("sentences_per_s"),
+        "throughput_batch": tp.get("batch_size"),
+        "speedup": tp["sentences_per_s"] / ref_tp if ref_tp and tp.get("sentences_per_s") else None,
+    }
 
 
 def layer_rows(model_stats: dict[str, dict]) -> list[dict[str, Any]]:

@@ -63,10 +63,35 @@ def _host_line(report: dict[str, Any]) -> str:
 
 
 def pareto_plot(plt, report: dict[str, Any], rows: list[dict], path: Path) -> None:
+    """Each model's task metric over its throughput, the Pareto front, the deployed model
+    ringed and the retention budget. Drawn in legend order: front, kinds, deployed, budget."""
     metric = rows[0].get("metric") or "metric"
     split = (report.get("verify") or {}).get("split", "")
     fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=120)
     pts = [(r["sentences_per_s"], r["value"]) for r in rows]
+    _draw_front(ax, pts)
+    _draw_models(ax, rows, pts)
+    xs = [p[0] for p in pts]
+    ys = [p[1] for p in pts]
+    pad = max(max(ys) - min(ys), 0.5) * 0.25
+    lo, hi = min(ys) - pad, max(ys) + pad
+    ax.set_xlim(0, max(xs) * 1.35)
+    ax.set_ylim(lo, hi)
+    _draw_retention_budget(ax, report, rows, lo, hi)
+    bs = rows[0].get("throughput_batch")
+    ax.set_xlabel(f"throughput, sentences/s (batch {bs}, real dev sentences)")
+    ax.set_ylabel(f"{metric} ({split})" if split else metric)
+    ax.set_title(
+        f"Accuracy vs throughput: {report['profile']['name']}\n{_host_line(report)}", fontsize=10
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _draw_front(ax, pts: list[tuple[float, float]]) -> None:
     front = pareto_front(pts)
     if len(front) > 1:
         ax.plot(
@@ -78,6 +103,11 @@ def pareto_plot(plt, report: dict[str, Any], rows: list[dict], path: Path) -> No
             zorder=1,
             label="Pareto front",
         )
+
+
+def _draw_models(ax, rows: list[dict], pts: list[tuple[float, float]]) -> None:
+    """One marker per model, styled by kind (one legend entry per kind), the deployed one
+    ringed, each labelled with its name and size."""
     seen: set[str] = set()
     for r, (x, y) in zip(rows, pts, strict=True):
         style = KIND_STYLE.get(r["kind"], KIND_STYLE["chain"])
@@ -102,41 +132,31 @@ def pareto_plot(plt, report: dict[str, Any], rows: list[dict], path: Path) -> No
             xytext=(8, -4),
             fontsize=8,
         )
-    xs = [p[0] for p in pts]
-    ys = [p[1] for p in pts]
-    pad = max(max(ys) - min(ys), 0.5) * 0.25
-    lo, hi = min(ys) - pad, max(ys) + pad
-    ax.set_xlim(0, max(xs) * 1.35)
-    ax.set_ylim(lo, hi)
+
+
+def _draw_retention_budget(
+    ax, report: dict[str, Any], rows: list[dict], lo: float, hi: float
+) -> None:
+    """The min_retention budget as a line when it falls in the y range, else as a note."""
     ref = next((r for r in rows if r["kind"] == "reference"), None)
     floor = (report.get("budget_limits") or {}).get("min_retention")
-    if ref and floor:
-        line = ref["value"] * floor
-        text = f"retention budget: {line:.2f} ({100 * floor:.0f}% of teacher)"
-        if lo <= line <= hi:
-            ax.axhline(line, color="tab:red", lw=1, ls=":", label=text)
-        else:  # far below the models: a note, not a line that squashes the plot
-            ax.text(
-                0.99,
-                0.02,
-                f"{text},\nbelow this range" if line < lo else text,
-                transform=ax.transAxes,
-                ha="right",
-                va="bottom",
-                fontsize=8,
-                color="tab:red",
-            )
-    bs = rows[0].get("throughput_batch")
-    ax.set_xlabel(f"throughput, sentences/s (batch {bs}, real dev sentences)")
-    ax.set_ylabel(f"{metric} ({split})" if split else metric)
-    ax.set_title(
-        f"Accuracy vs throughput: {report['profile']['name']}\n{_host_line(report)}", fontsize=10
-    )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    if not (ref and floor):
+        return
+    line = ref["value"] * floor
+    text = f"retention budget: {line:.2f} ({100 * floor:.0f}% of teacher)"
+    if lo <= line <= hi:
+        ax.axhline(line, color="tab:red", lw=1, ls=":", label=text)
+    else:  # far below the models: a note, not a line that squashes the plot
+        ax.text(
+            0.99,
+            0.02,
+            f"{text},\nbelow this range" if line < lo else text,
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=8,
+            color="tab:red",
+        )
 
 
 def latency_plot(plt, report: dict[str, Any], bench: dict[str, Any], path: Path) -> None:

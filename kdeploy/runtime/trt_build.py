@@ -147,31 +147,11 @@ def build_engine(
     trt = import_tensorrt("building a TensorRT engine (kdeploy build)")
     logger = _make_logger(trt)
     out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        builder = trt.Builder(logger)
-    except Exception as exc:  # pybind raises when the factory returns null (no CUDA)
-        logger.errors.append(str(exc))
-        builder = None
-    if not builder:
-        raise StageError(
-            "TensorRT cannot create a builder: " + "; ".join(logger.errors[-3:]),
-            fix="run on a machine with a CUDA GPU and a driver TensorRT supports",
-        )
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = [parser.get_error(i).desc() for i in range(parser.num_errors)]
-        raise ModelError(
-            f"TensorRT's ONNX parser rejects {onnx_path}: {'; '.join(errors[:3])}",
-            where=str(onnx_path),
-            fix="INT8 needs symmetric int8 Q/DQ (quantize.activation_type/weight_type: int8)",
-        )
-    config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
+    builder = _create_builder(trt, logger)
+    # the parser owns the network's weights: it must live until the build is done
+    network, parser = _parse_onnx(trt, builder, logger, onnx_path)
     st = _State(out_dir=out_dir, seed_cache=shared_cache, log=log)
-    for s in plan.settings():
-        TRT_APPLY[s.kind](trt, builder, config, profile, s.value, st)
-    config.add_optimization_profile(profile)
+    config = _configure(trt, builder, plan, st)
     log(f"building a TensorRT {trt.__version__} engine ({', '.join(plan.flags) or 'FP32'})")
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
@@ -184,6 +164,58 @@ def build_engine(
         )
     with open(out_dir / ENGINE_FILE, "wb") as f:
         f.write(serialized)
+    _write_timing_cache(config, out_dir, shared_cache)
+    _write_layer_info(trt, logger, serialized, out_dir)
+    return {
+        "tensorrt": trt.__version__,
+        "build_seconds": round(seconds, 3),
+        "engine_bytes": (out_dir / ENGINE_FILE).stat().st_size,
+        "timing_cache_seeded_from": st.cache_loaded_from,
+        "log_sparsity": sparsity_from_log(logger.lines),
+        "builder_warnings": [m for m in logger.lines if "warning" in m.lower()][:50],
+    }
+
+
+def _create_builder(trt, logger):
+    try:
+        builder = trt.Builder(logger)
+    except Exception as exc:  # pybind raises when the factory returns null (no CUDA)
+        logger.errors.append(str(exc))
+        builder = None
+    if not builder:
+        raise StageError(
+            "TensorRT cannot create a builder: " + "; ".join(logger.errors[-3:]),
+            fix="run on a machine with a CUDA GPU and a driver TensorRT supports",
+        )
+    return builder
+
+
+def _parse_onnx(trt, builder, logger, onnx_path: Path) -> tuple[Any, Any]:
+    """(network, parser) of the ONNX model; the caller keeps the parser alive."""
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [parser.get_error(i).desc() for i in range(parser.num_errors)]
+        raise ModelError(
+            f"TensorRT's ONNX parser rejects {onnx_path}: {'; '.join(errors[:3])}",
+            where=str(onnx_path),
+            fix="INT8 needs symmetric int8 Q/DQ (quantize.activation_type/weight_type: int8)",
+        )
+    return network, parser
+
+
+def _configure(trt, builder, plan: BuildPlan, st: _State):
+    """The builder config with every setting of the plan applied (TRT_APPLY)."""
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    for s in plan.settings():
+        TRT_APPLY[s.kind](trt, builder, config, profile, s.value, st)
+    config.add_optimization_profile(profile)
+    return config
+
+
+def _write_timing_cache(config, out_dir: Path, shared_cache: Path | None) -> None:
+    """The timing cache after the build, into the run and (atomically) the shared cache."""
     blob = config.get_timing_cache().serialize()
     with open(out_dir / TIMING_CACHE_FILE, "wb") as f:
         f.write(blob)
@@ -193,16 +225,12 @@ def build_engine(
         with open(tmp, "wb") as f:
             f.write(blob)
         tmp.replace(shared_cache)
+
+
+def _write_layer_info(trt, logger, serialized, out_dir: Path) -> None:
+    """The engine inspector's per-layer JSON of the built engine."""
     runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(serialized)
     inspector = engine.create_engine_inspector()
     info = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
     (out_dir / LAYER_INFO_FILE).write_text(info, encoding="utf-8")
-    return {
-        "tensorrt": trt.__version__,
-        "build_seconds": round(seconds, 3),
-        "engine_bytes": (out_dir / ENGINE_FILE).stat().st_size,
-        "timing_cache_seeded_from": st.cache_loaded_from,
-        "log_sparsity": sparsity_from_log(logger.lines),
-        "builder_warnings": [m for m in logger.lines if "warning" in m.lower()][:50],
-    }

@@ -203,6 +203,16 @@ TINY_OVERRIDES = [
 ]
 
 
+# TensorRT profiles on the tiny BERT: its 128 positions bound the engine's sequence range,
+# and its 32-wide Linears need a lower 2:4 eligibility floor than real models' 64
+TRT_TINY = [
+    *TINY_OVERRIDES,
+    "quantize.calibration_texts=64",
+    "sparsify.min_features=8",
+    "export.shapes.sequence={min: 1, opt: 64, max: 128}",
+]
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_bert, stsb_small) -> Path:
     """A finished cpu-int8 run of the tiny BERT (do not modify; copy it first)."""

@@ -115,6 +115,25 @@ def check_sequence_lengths(teacher: ModelInfo, loaded: LoadedProfile) -> None:
             )
 
 
+def check_engine_shapes(teacher: ModelInfo, loaded: LoadedProfile) -> None:
+    """A TensorRT engine's optimization profile is export.shapes: it must not accept
+    sequences longer than the teacher's position table (the engine would build, and
+    embed such inputs with positions the model never had)."""
+    profile = loaded.profile
+    longest = profile.export.shapes.sequence.max
+    if profile.target.runtime == "trt" and longest > teacher.max_positions:
+        key = "export.shapes.sequence"
+        raise ProfileError(
+            f"export.shapes.sequence.max={longest} is the longest input the TensorRT engine "
+            f"would accept, but the teacher {teacher.path} has {teacher.max_positions} "
+            "positions (max_position_embeddings in its config.json)",
+            where=locate_key(loaded, key),
+            fix=f"set export.shapes.sequence.max to {teacher.max_positions} or less (e.g. "
+            f"--set 'export.shapes.sequence={{min: 1, opt: {min(128, teacher.max_positions)}, "
+            f"max: {teacher.max_positions}}}')",
+        )
+
+
 def check_train_text(data: TaskData) -> None:
     if not any(t.strip() for t in data.splits["train"].texts()):
         train = data.splits["train"].path
@@ -131,6 +150,7 @@ def check_profile_fit(
     """Profile values that must fit this teacher and these data."""
     profile = loaded.profile
     check_sequence_lengths(teacher, loaded)
+    check_engine_shapes(teacher, loaded)
     if profile.distill.enabled:
         check_student_depth(teacher, loaded)
         check_student_width(teacher, loaded)

@@ -18,9 +18,9 @@ from kdeploy.core.errors import HandOff
 from kdeploy.engine.manifest import load_manifest
 from kdeploy.runtime.build_plan import make_plan, onnx_inputs, trtexec_argv
 from kdeploy.stages import RunOptions
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import TRT_TINY
 
-A100_TINY = [*TINY_OVERRIDES, "quantize.calibration_texts=64", "sparsify.min_features=8"]
+A100_TINY = TRT_TINY
 
 pytestmark = pytest.mark.skipif(
     __import__("importlib").util.find_spec("tensorrt") is not None,

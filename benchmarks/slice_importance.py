@@ -2,7 +2,7 @@
 students cut to 3 layers and sliced to a narrower width *before any training*, the kept
 hidden dims, heads and FFN neurons chosen by:
 
-- activation: kdeploy's rule (kdeploy/train/student.py), measured on 1024 STS-B train texts
+- activation: kdeploy's rule (kdeploy/train/width.py), measured on 1024 STS-B train texts
 - weight: weight norms only (FFN ``||W_in[j]|| * ||W_out[:, j]||``, head
   ``||W_V[h]|| * ||W_O[:, h]||``, hidden dim: its normalised share of every residual-stream
   weight's squared norm)
@@ -27,7 +27,8 @@ def weight_plan(model, hidden: int, ffn: int):
     """The weight-norm rule (the alternative kdeploy measured and did not take)."""
     import torch
 
-    from kdeploy.train.student import WidthPlan, _layer_linears, _top, dim_roles, encoder_layers
+    from kdeploy.train.layers import encoder_layers
+    from kdeploy.train.width import WidthPlan, _layer_linears, _top, dim_roles
 
     cfg = model.config
     head_dim = cfg.hidden_size // cfg.num_attention_heads
@@ -58,7 +59,8 @@ def index_plan(model, hidden: int, ffn: int, gen=None):
     """The first k units (``gen`` None) or k random ones."""
     import torch
 
-    from kdeploy.train.student import WidthPlan, encoder_layers
+    from kdeploy.train.layers import encoder_layers
+    from kdeploy.train.width import WidthPlan
 
     cfg = model.config
     head_dim = cfg.hidden_size // cfg.num_attention_heads
@@ -82,10 +84,11 @@ def main() -> None:
 
     from kdeploy.data import load_task_data
     from kdeploy.model_info import inspect_model
-    from kdeploy.train.distill import calibration_batches
+    from kdeploy.train.batching import calibration_batches
     from kdeploy.train.evaluate import score
+    from kdeploy.train.layers import cut_layers
     from kdeploy.train.loading import load_hf_model, load_tokenizer
-    from kdeploy.train.student import cut_layers, slice_model, width_plan
+    from kdeploy.train.width import slice_model, width_plan
 
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -35,7 +35,7 @@ class Distill(Stage):
     def run(self, inputs: StageInputs, out_dir: Path) -> StageResult:
         from kdeploy.train.distill import distill
         from kdeploy.train.finetune import remove_leftovers
-        from kdeploy.train.student import select_layers
+        from kdeploy.train.layers import select_layers
 
         p = self.profile
         info = self.inspect(inputs["teacher_model"])
@@ -61,4 +61,6 @@ class Distill(Stage):
             log=self.log,
         )
         remove_leftovers(out_dir)
-        return StageResult(outputs={"student_model": outcome.student_dir}, metrics=outcome.metrics)
+        return StageResult(
+            outputs={"student_model": outcome.student_dir}, metrics=outcome.metrics()
+        )

@@ -128,7 +128,7 @@ class Quantize(Stage):
         a Q/DQ ONNX graph and validated against the fake-quantized torch model."""
         import torch
 
-        from kdeploy.train.distill import forward_loop, tokenized_batches
+        from kdeploy.train.batching import forward_loop, tokenized_batches
         from kdeploy.train.finetune import remove_leftovers
         from kdeploy.train.loading import load_hf_model, load_tokenizer
         from kdeploy.train.qat import export_qdq, quantize_model, sparse_masks
@@ -190,11 +190,11 @@ class Quantize(Stage):
 
     def _qat(self, student, s_info, method: QatQuant, masks, inputs, work_dir: Path) -> dict:
         """KD fine-tuning through the fake quantizers (2:4 masks re-applied each step)."""
-        from kdeploy.train.finetune import fine_tune_layer_map, kd_fine_tune
+        from kdeploy.train.finetune import fine_tune_layer_map, fine_tune_metrics, kd_fine_tune
         from kdeploy.train.sparsify import apply_masks
 
         t_info = self.inspect(inputs["teacher_model"])
-        return kd_fine_tune(
+        record = kd_fine_tune(
             student,
             t_info,
             self.profile.distill,
@@ -217,6 +217,7 @@ class Quantize(Stage):
             progress=self.options.progress,
             log=self.log,
         )
+        return fine_tune_metrics(record)
 
 
 # quantize method config type -> the handler that makes the INT8 student

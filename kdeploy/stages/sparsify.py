@@ -45,9 +45,9 @@ class Sparsify(Stage):
     def run(self, inputs: StageInputs, out_dir: Path) -> StageResult:
         import torch
 
-        from kdeploy.train.distill import save_model_dir
         from kdeploy.train.finetune import remove_leftovers
         from kdeploy.train.loading import load_hf_model, load_tokenizer, pick_device
+        from kdeploy.train.model_dir import save_model_dir
         from kdeploy.train.sparsify import (
             MASKS_FILE,
             apply_masks,
@@ -97,7 +97,7 @@ class Sparsify(Stage):
         before an interruption, else found by the profile's method and saved first."""
         import torch
 
-        from kdeploy.train.distill import tokenized_batches
+        from kdeploy.train.batching import tokenized_batches
         from kdeploy.train.loading import load_tokenizer
         from kdeploy.train.sparsify import (
             apply_masks,
@@ -131,10 +131,10 @@ class Sparsify(Stage):
         return masks
 
     def _fine_tune(self, student, t_info, s_info, masks, inputs, out_dir: Path) -> dict:
-        from kdeploy.train.finetune import fine_tune_layer_map, kd_fine_tune
+        from kdeploy.train.finetune import fine_tune_layer_map, fine_tune_metrics, kd_fine_tune
         from kdeploy.train.sparsify import apply_masks
 
-        return kd_fine_tune(
+        record = kd_fine_tune(
             student,
             t_info,
             self.profile.distill,
@@ -155,3 +155,4 @@ class Sparsify(Stage):
             progress=self.options.progress,
             log=self.log,
         )
+        return fine_tune_metrics(record)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -12,8 +13,9 @@ import torch
 from kdeploy.config import DistillConfig, FineTune, StudentConfig
 from kdeploy.data import Split, TrainItem
 from kdeploy.model_info import ModelInfo
-from kdeploy.train.distill import fine_tune_config, prepare_teacher, train_kd
-from kdeploy.train.student import select_layers
+from kdeploy.train.layers import select_layers
+from kdeploy.train.teacher import prepare_teacher
+from kdeploy.train.trainer import TrainRecord, train_kd
 
 TRAINING_LEFTOVERS = ("checkpoint", "best", "teacher_targets.npy", "teacher_targets.json")
 
@@ -45,6 +47,20 @@ def fine_tune_layer_map(
     return list(range(student_layers))
 
 
+def fine_tune_config(cfg: DistillConfig, ft: FineTune) -> DistillConfig:
+    """The distillation recipe (losses, batch, sequence length, seed) with the shorter
+    schedule of a fine-tuning step (2:4 masks, QAT). Early stopping does not apply."""
+    return cfg.model_copy(
+        update={
+            "epochs": ft.epochs,
+            "learning_rate": ft.learning_rate,
+            "warmup_ratio": ft.warmup_ratio,
+            "select_best": ft.select_best,
+            "early_stopping_patience": None,
+        }
+    )
+
+
 def kd_fine_tune(
     student: torch.nn.Module,
     teacher_info: ModelInfo,
@@ -60,13 +76,14 @@ def kd_fine_tune(
     allow_pickle: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
-) -> dict:
+) -> TrainRecord | None:
     """The profile's distillation losses and batch on the same training texts, ``ft``'s
     schedule, checkpointed in ``work_dir`` (an interrupted stage resumes there).
-    ``after_step`` runs after every optimizer step (e.g. re-applying 2:4 masks)."""
+    ``after_step`` runs after every optimizer step (e.g. re-applying 2:4 masks).
+    None when ``ft`` has no epochs (nothing trained)."""
     cfg = fine_tune_config(distill, ft)
     if cfg.epochs <= 0:
-        return {"steps": 0, "epochs_run": 0}
+        return None
     teacher = prepare_teacher(
         teacher_info, cfg, items, work_dir, allow_pickle=allow_pickle, progress=progress, log=log
     )
@@ -83,3 +100,8 @@ def kd_fine_tune(
         log=log,
         label=label,
     )
+
+
+def fine_tune_metrics(record: TrainRecord | None) -> dict:
+    """A stage's ``fine_tune`` metrics (JSON): ``kd_fine_tune``'s record, or no steps."""
+    return {"steps": 0, "epochs_run": 0} if record is None else asdict(record)

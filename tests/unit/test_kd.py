@@ -122,23 +122,23 @@ def test_token_level_losses_train(tiny_bert, stsb_small, tmp_path):
         losses={"embedding_mse": 1.0, "hidden_mse": 1.0, "attention_kl": 1.0},
         layer_map=[1, 3],
     )
-    hist = out.metrics["history"]
+    hist = out.record.history
     assert {"embedding_mse", "hidden_mse", "attention_kl"} <= set(hist[0])
     assert hist[-1]["hidden_mse"] < hist[0]["hidden_mse"]
     assert hist[-1]["loss"] < hist[0]["loss"]
-    assert out.metrics["layer_map"] == [1, 3]
+    assert out.record.layer_map == [1, 3]
     assert all("dev_score" in h for h in hist)
 
 
 def test_best_epoch_is_kept_and_early_stop(tiny_bert, stsb_small, tmp_path, monkeypatch):
-    import kdeploy.train.distill as distill_mod
+    import kdeploy.train.trainer as trainer
 
     scores = iter([50.0, 40.0, 30.0, 20.0])
-    monkeypatch.setattr(distill_mod, "score", lambda *a, **k: next(scores))
+    monkeypatch.setattr(trainer, "score", lambda *a, **k: next(scores))
     out = _run_distill(tiny_bert, stsb_small, tmp_path, epochs=4, early_stopping_patience=2)
-    assert out.metrics["best_epoch"] == 1
-    assert out.metrics["epochs_run"] == 3  # epochs 2 and 3 did not improve: stop
-    assert out.metrics["stopped_early"] is True
+    assert out.record.best_epoch == 1
+    assert out.record.epochs_run == 3  # epochs 2 and 3 did not improve: stop
+    assert out.record.stopped_early is True
     from safetensors.torch import load_file
 
     best = load_file(str(tmp_path / "best" / "student.safetensors"))
@@ -168,7 +168,7 @@ def test_embedding_losses_go_through_the_projection():
 
 
 def test_projections_start_as_the_slicing():
-    from kdeploy.train.distill import make_projections
+    from kdeploy.train.optimization import make_projections
 
     dims = torch.tensor([0, 2, 5])
     proj = make_projections(3, 6, hidden_layers=2, embedding=True, student_dims=dims)
@@ -207,10 +207,10 @@ def test_narrow_student_distils(fixture, request, stsb_small, sst2_small, tmp_pa
         info, cfg, [1, 3], items, tmp_path, hidden_size=16, intermediate_size=32,
         progress=False, log=lambda m: None,
     )  # fmt: skip
-    hist = out.metrics["history"]
+    hist = out.record.history
     assert hist[-1]["loss"] < hist[0]["loss"]
     assert hist[-1]["hidden_mse"] < hist[0]["hidden_mse"]
-    assert (out.metrics["hidden_size"], out.metrics["intermediate_size"]) == (16, 32)
+    assert (out.hidden_size, out.intermediate_size) == (16, 32)
     saved = inspect_model(out.student_dir)
     assert (saved.hidden_size, saved.num_heads, saved.num_layers) == (16, 2, 2)
     extra = torch.load(tmp_path / "checkpoint" / "optim.pt", weights_only=True)

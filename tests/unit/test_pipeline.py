@@ -145,24 +145,24 @@ def test_distill_resumes_mid_training_to_identical_weights(
 ):
     from safetensors.numpy import load_file
 
-    import kdeploy.train.distill as distill
+    from kdeploy.train import checkpoint
 
     extra = ["distill.epochs=2", *narrow]
     clean = tmp_path / "clean"
     run(tiny_bert, stsb_small, clean, extra, until_stage="distill")
 
-    real_save = distill._save_checkpoint
+    real_save = checkpoint.save
 
     def save_then_stop(ckpt, *args):
         real_save(ckpt, *args)
         raise KeyboardInterrupt  # Ctrl-C right after epoch 1 was checkpointed
 
-    monkeypatch.setattr(distill, "_save_checkpoint", save_then_stop)
+    monkeypatch.setattr(checkpoint, "save", save_then_stop)
     resumed = tmp_path / "resumed"
     with pytest.raises(Interrupted, match="resumes from its checkpoint"):
         run(tiny_bert, stsb_small, resumed, extra, until_stage="distill")
     assert (resumed / "distill.tmp" / "checkpoint" / "state.json").is_file()
-    monkeypatch.setattr(distill, "_save_checkpoint", real_save)
+    monkeypatch.setattr(checkpoint, "save", real_save)
     run(tiny_bert, stsb_small, resumed, extra, until_stage="distill")
     a = load_file(str(clean / "distill" / "student" / "model.safetensors"))
     b = load_file(str(resumed / "distill" / "student" / "model.safetensors"))
@@ -246,3 +246,18 @@ def test_unlabeled_folder_widens_distillation_and_is_fingerprinted(
     with (extra / "train.tsv").open("a") as f:
         f.write("one more training sentence\t1\n")
     assert run(tiny_bert, stsb_small, tiny_run_copy, unlabeled=extra).ran[0] == "distill"
+
+
+def test_engine_shapes_must_fit_the_teachers_positions(tiny_bert, stsb_small, tmp_path):
+    """A TensorRT profile whose export.shapes allow longer inputs than the teacher has
+    positions is refused before anything is written (the engine would accept them)."""
+    from kdeploy.core.errors import ProfileError
+
+    out = tmp_path / "run"
+    overrides = ["quantize.calibration_texts=64", "sparsify.min_features=8"]
+    with pytest.raises(ProfileError) as err:
+        run(tiny_bert, stsb_small, out, overrides, profile="a100-int8")
+    assert "export.shapes.sequence.max=256" in err.value.what
+    assert "128 positions" in err.value.what and "a100-int8.yaml" in err.value.where
+    assert "max: 128" in err.value.fix
+    assert not out.exists()

@@ -288,7 +288,7 @@ def test_qat_resumes_after_ctrl_c_to_identical_artifacts(
     ends with the same Q/DQ model as the uninterrupted run."""
     import shutil
 
-    import kdeploy.train.distill as distill
+    from kdeploy.train import checkpoint
 
     extra = ["quantize.fine_tune.epochs=2"]
     clean = tmp_path / "clean"
@@ -296,7 +296,7 @@ def test_qat_resumes_after_ctrl_c_to_identical_artifacts(
     run(tiny_bert, stsb_small, clean, extra, until_stage="quantize")
     resumed = tmp_path / "resumed"
     shutil.copytree(sparse_qat_run, resumed)
-    real_save = distill._save_checkpoint
+    real_save = checkpoint.save
     calls = []
 
     def save_then_stop(ckpt, *args):
@@ -305,11 +305,11 @@ def test_qat_resumes_after_ctrl_c_to_identical_artifacts(
         if "quantize.tmp" in str(ckpt):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(distill, "_save_checkpoint", save_then_stop)
+    monkeypatch.setattr(checkpoint, "save", save_then_stop)
     with pytest.raises(Interrupted, match="quantize resumes from its checkpoint"):
         run(tiny_bert, stsb_small, resumed, extra, until_stage="quantize")
     assert (resumed / "quantize.tmp" / "checkpoint" / "state.json").is_file()
-    monkeypatch.setattr(distill, "_save_checkpoint", real_save)
+    monkeypatch.setattr(checkpoint, "save", real_save)
     run(tiny_bert, stsb_small, resumed, extra, until_stage="quantize")
     a = (clean / "quantize" / "student" / "model.onnx").read_bytes()
     b = (resumed / "quantize" / "student" / "model.onnx").read_bytes()

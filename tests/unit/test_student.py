@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from kdeploy.core.errors import ModelError
-from kdeploy.train.student import make_student, select_layers
+from kdeploy.train.layers import select_layers
+from kdeploy.train.student import make_student
 from tests.conftest import tiny_hf_model
 
 
@@ -104,7 +105,7 @@ MODELS = [
 
 @pytest.mark.parametrize("cls_name, kw", MODELS)
 def test_sliced_to_full_width_is_the_teacher(cls_name, kw):
-    from kdeploy.train.student import cut_layers
+    from kdeploy.train.layers import cut_layers
 
     teacher = tiny_hf_model(cls_name, **kw)
     ids = torch.randint(3, 100, (3, 9))
@@ -135,7 +136,8 @@ def test_narrow_student_runs_at_its_width(cls_name, kw):
 
 
 def test_kept_weights_are_the_teachers_rows_and_columns():
-    from kdeploy.train.student import cut_layers, slice_model, width_plan
+    from kdeploy.train.layers import cut_layers
+    from kdeploy.train.width import slice_model, width_plan
 
     teacher = tiny_hf_model("BertForSequenceClassification")
     cut = cut_layers(teacher, [1, 3])
@@ -185,7 +187,8 @@ def test_kept_weights_are_the_teachers_rows_and_columns():
 def test_importance_keeps_the_units_that_matter():
     """Units that write nothing are dropped (and dropping them changes nothing); a hidden
     dim every LayerNorm scales up is kept."""
-    from kdeploy.train.student import cut_layers, measure_importance, width_plan
+    from kdeploy.train.layers import cut_layers
+    from kdeploy.train.width import measure_importance, width_plan
 
     teacher = tiny_hf_model()
     dead = torch.tensor([3, 10, 17, 40, 41, 63])
@@ -215,7 +218,8 @@ def test_importance_keeps_the_units_that_matter():
 
 
 def test_importance_ignores_padding():
-    from kdeploy.train.student import cut_layers, measure_importance
+    from kdeploy.train.layers import cut_layers
+    from kdeploy.train.width import measure_importance
 
     cut = cut_layers(tiny_hf_model(), [0, 3])
     a = measure_importance(cut, CAL)

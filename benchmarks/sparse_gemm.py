@@ -11,7 +11,7 @@ profile should list for the layers where 2:4 lost at the profile's typical M. to
 kernels are not TensorRT's: a loss here says "measure the engine", not "2:4 cannot pay".
 
     python benchmarks/sparse_gemm.py --run runs/h100 [--profile h100-int8] [--write]
-    python benchmarks/sparse_gemm.py --device cpu      # smoke run: dense vs masked dense only
+    python benchmarks/sparse_gemm.py --device cpu   # smoke run: dense vs masked fp32, no 2:4
 
 Needs a CUDA GPU for the 2:4 and INT8 kernels (SM 8.0+ for 2:4).
 """
@@ -26,8 +26,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from results import add_write_options, argv_of, write_block
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 
 
 def linear_shapes(model_dir: Path | None) -> list[tuple[str, int, int]]:
@@ -97,20 +98,28 @@ def bench_layer(k: int, n: int, m: int, device: str, compiled: bool, iters: int)
     return out
 
 
-def main() -> None:
-    import torch
-
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--run", type=Path, default=None, help="a run dir (its student's shapes)")
     ap.add_argument("--model", type=Path, default=None, help="a model dir instead of --run")
     ap.add_argument("--profile", default="h100-int8", help="bench grid: batch x sequence")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument(
+        "--device", choices=["auto", "cuda", "cpu"], default="auto", help="auto: cuda if present"
+    )
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--iters", type=int, default=50)
-    ap.add_argument("--write", action="store_true", help="append the table to RESULTS.md")
-    args = ap.parse_args()
+    add_write_options(ap)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch
+
+    args = build_parser().parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
 
     from kdeploy.config import load_profile
 
@@ -170,8 +179,16 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-        RESULTS.write_text(text.rstrip() + "\n\n## Did 2:4 pay (torch kernels)\n\n" + table + "\n")
+        if args.device != "cuda":
+            raise SystemExit("--write needs a CUDA GPU: a CPU smoke run measures no 2:4 kernel")
+        write_block(
+            f"sparse_gemm:{args.profile}",
+            table,
+            script=__file__,
+            argv=argv_of(argv),
+            title="Did 2:4 pay (torch kernels)",
+            results=args.results,
+        )
 
 
 if __name__ == "__main__":

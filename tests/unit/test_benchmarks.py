@@ -1,0 +1,194 @@
+"""Benchmarks cannot rot unseen: every command README and RESULTS quote exists and parses its
+arguments, and every benchmark script runs end to end on the tiny model (seconds each),
+writing its table into a results file the way ``--write`` writes RESULTS.md."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_OVERRIDES
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "benchmarks"
+DOCS = (ROOT / "README.md", BENCH / "RESULTS.md")
+SCRIPTS = sorted(p.stem for p in BENCH.glob("*.py") if p.stem != "results")
+
+
+def bench_module(name: str):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module(name)
+
+
+def quoted_commands(path: Path) -> list[str]:
+    """`kdeploy ...` and `python benchmarks/...` commands in code blocks and code spans."""
+    text = path.read_text(encoding="utf-8")
+    chunks = []
+    for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.S):
+        chunks += re.sub(r"\\\n\s*", " ", block).splitlines()
+    inline = re.sub(r"```.*?```", "", text, flags=re.S)
+    chunks += [" ".join(s.split()) for s in re.findall(r"`([^`]+)`", inline)]
+    commands = []
+    for chunk in chunks:
+        for part in re.split(r"&&|;|\|", re.sub(r"\s#.*$", "", chunk)):
+            words = part.split()
+            while words and re.match(r"^[A-Z_]+=\S*$", words[0]):  # HF_HUB_OFFLINE=1 ...
+                words.pop(0)
+            if words and re.match(r"^benchmarks/\w+\.py$", words[0]):
+                words.insert(0, "python")  # `benchmarks/x.py --flag` quoted without python
+            cmd = " ".join(words)
+            if cmd.startswith(("kdeploy ", "python benchmarks/", "python3 benchmarks/")):
+                commands.append(cmd)
+    return commands
+
+
+ALL_COMMANDS = sorted({c for doc in DOCS for c in quoted_commands(doc)})
+
+
+def test_the_docs_quote_commands():
+    assert len(ALL_COMMANDS) >= 15, ALL_COMMANDS
+    assert any(c.startswith("python benchmarks/vs_baselines.py") for c in ALL_COMMANDS)
+
+
+def check_kdeploy(argv: list[str]) -> None:
+    """The subcommand exists, every option is one of its options, and compress's
+    --profile / --set load as a valid profile."""
+    import click
+
+    from kdeploy.cli import cli
+    from kdeploy.config import load_profile
+
+    cmd, args = cli, list(argv)
+    while isinstance(cmd, click.Group):
+        assert args and not args[0].startswith("-"), f"no subcommand in {argv}"
+        sub = cmd.get_command(click.Context(cmd), args.pop(0))
+        assert sub is not None, f"no such command in {argv}"
+        cmd = sub
+    opts = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)} | {"--help", "-h"}
+    for token in args:
+        if token.startswith("-"):
+            assert token.split("=")[0] in opts, f"{token} is not an option of {argv[:2]}"
+    if cmd.name == "compress":
+        sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+        profile = args[args.index("--profile") + 1] if "--profile" in args else "cpu-int8"
+        load_profile(profile, sets)
+
+
+@pytest.mark.parametrize("command", ALL_COMMANDS)
+def test_every_quoted_command_exists_and_parses(command):
+    argv = shlex.split(command)
+    if argv[0] == "kdeploy":
+        check_kdeploy(argv[1:])
+        return
+    script = Path(argv[1])
+    assert (ROOT / script).is_file(), f"{script} does not exist"
+    if len(argv) == 2:
+        return  # the script named, not a command to run (its required options are absent)
+    parser = bench_module(script.stem).build_parser()
+    try:
+        parser.parse_args(argv[2:])
+    except SystemExit as exc:
+        pytest.fail(f"{command}: arguments do not parse (exit {exc.code})")
+
+
+def test_every_benchmark_has_a_smoke_test():
+    tested = {n.removeprefix("test_smoke_") for n in globals() if n.startswith("test_smoke_")}
+    assert set(SCRIPTS) <= tested, set(SCRIPTS) - tested
+
+
+def written(results: Path, tag_prefix: str, script: str) -> str:
+    """The block a benchmark's --write put into ``results``: stamped and non-empty."""
+    text = results.read_text()
+    match = re.search(rf"<!-- ({re.escape(tag_prefix)}[^ ]*) -->\n(.*?)<!-- /\1 -->", text, re.S)
+    assert match, text
+    body = match.group(2)
+    assert f"by `python benchmarks/{script}.py" in body and "| " in body
+    return body
+
+
+def test_smoke_code_shape(tmp_path):
+    out = tmp_path / "R.md"
+    bench_module("code_shape").main(["--top", "3", "--write", "--results", str(out)])
+    assert "| imports against the layer order | 0 |" in written(out, "code_shape", "code_shape")
+
+
+def test_smoke_install_size(tmp_path):
+    out = tmp_path / "R.md"
+    bench_module("install_size").main(["--write", "--results", str(out)])
+    assert "no torch" in written(out, "install_size", "install_size")
+
+
+def test_smoke_runtime_overhead(tiny_run, stsb_small, tmp_path):
+    out = tmp_path / "R.md"
+    argv = [str(tiny_run), "--data", str(stsb_small), "--texts", "48", "--repeats", "2"]
+    bench_module("runtime_overhead").main([*argv, "--write", "--results", str(out)])
+    body = written(out, "runtime_overhead", "runtime_overhead")
+    assert "runtime output == hand output: True" in body and "| bucketed |" in body
+
+
+def test_smoke_vs_baselines(tiny_run_copy, tmp_path, monkeypatch):
+    mod = bench_module("vs_baselines")
+    monkeypatch.setattr(mod, "CACHE", tmp_path / "cache")
+    out = tmp_path / "R.md"
+    argv = ["--run", str(tiny_run_copy), "--rounds", "1", "--batches", "1", "8", "--bucket"]
+    mod.main([*argv, "--write", "--results", str(out)])
+    body = written(out, "vs_baselines", "vs_baselines")
+    assert "| teacher optimum+ORT dyn INT8 |" in body and "| kdeploy student_int8 |" in body
+
+
+def test_smoke_cpu_variants(tiny_run_copy, tmp_path):
+    out = tmp_path / "R.md"
+    argv = ["--run", str(tiny_run_copy), "--rounds", "1", "--latency-texts", "4"]
+    argv += ["--only", "dyn-s8-pc", "dyn-matmul", "--work", str(tmp_path / "v")]
+    bench_module("cpu_variants").main([*argv, "--write", "--results", str(out)])
+    body = written(out, "cpu_variants", "cpu_variants")
+    assert "| dyn-s8-pc |" in body and "| teacher optimum dyn-INT8 |" in body
+
+
+def test_smoke_distill_sweep(tiny_bert, stsb_small, tmp_path):
+    out = tmp_path / "R.md"
+    sets = [x for o in TINY_OVERRIDES if not o.startswith("verify.") for x in ("--set", o)]
+    argv = ["--model", str(tiny_bert), "--data", str(stsb_small), "--keeps", "0,3"]
+    argv += ["--loss-sets", "emb", "--out", str(tmp_path / "sweep"), *sets]
+    bench_module("distill_sweep").main([*argv, "--write", "--results", str(out)])
+    body = written(out, "distill_sweep", "distill_sweep")
+    assert "| model | [0, 3] |" in body
+
+
+def test_smoke_slice_importance(tiny_bert, stsb_small, tmp_path):
+    out = tmp_path / "R.md"
+    argv = ["--model", str(tiny_bert), "--layers", "0", "3", "--widths", "16/32"]
+    argv += ["--data", str(stsb_small)]
+    bench_module("slice_importance").main([*argv, "--write", "--results", str(out)])
+    assert "| 16/32 |" in written(out, "slice_importance", "slice_importance")
+
+
+def test_smoke_sparse_gemm(tiny_bert, capsys):
+    argv = ["--model", str(tiny_bert), "--device", "cpu", "--iters", "2", "--no-compile"]
+    bench_module("sparse_gemm").main(argv)
+    printed = capsys.readouterr().out
+    assert "CPU (smoke run" in printed and "attention.self.query" in printed
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        bench_module("sparse_gemm").main([*argv, "--write"])
+
+
+def test_smoke_train_classifier_teacher(tiny_bert, sst2_small, tmp_path):
+    out = tmp_path / "R.md"
+    argv = ["--base", str(tiny_bert), "--data", str(sst2_small), "--max-train", "32"]
+    argv += ["--out", str(tmp_path / "teacher"), "--batch-size", "16"]
+    bench_module("train_classifier_teacher").main([*argv, "--write", "--results", str(out)])
+    assert "| 32 | 1 |" in written(out, "train_classifier_teacher", "train_classifier_teacher")
+    assert (tmp_path / "teacher" / "model.safetensors").is_file()
+
+
+def test_smoke_run_report(tiny_run, tmp_path):
+    out = tmp_path / "R.md"
+    bench_module("run_report").main(["--run", str(tiny_run), "--write", "--results", str(out)])
+    body = written(out, "run_report", "run_report")
+    assert "**student_int8** (deployed)" in body and "| budget | value |" in body

@@ -67,5 +67,15 @@ def write_block(
 
 
 def argv_of(argv: list[str] | None) -> list[str]:
-    """The arguments a benchmark was called with (for the command line it records)."""
-    return list(sys.argv[1:] if argv is None else argv)
+    """The arguments a benchmark was called with, as the command line it records: without
+    ``--results PATH``, which only redirects where the block is written."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--results":
+            skip = True
+        elif not a.startswith("--results="):
+            out.append(a)
+    return out

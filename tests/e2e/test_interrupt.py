@@ -37,7 +37,7 @@ from kdeploy.engine.manifest import load_manifest
 from kdeploy.stages import ORDER
 from tests.conftest import ROOT, TINY_OVERRIDES, build_tiny_bert, make_data_slice, shared_data
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.sigint
 
 OVERRIDES = [*TINY_OVERRIDES, "distill.epochs=3"]
 # Files compared bit for bit between the interrupted+resumed and the uninterrupted run.

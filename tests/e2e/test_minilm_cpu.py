@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import make_data_slice, shared_data
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.minilm
 
 OVERRIDES = [
     "distill.max_train_texts=800",

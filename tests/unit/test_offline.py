@@ -79,7 +79,7 @@ def test_pipeline_runs_without_network(no_network, tiny_bert, stsb_small, tmp_pa
     assert set(m.stages) | set(m.skipped) == set(ORDER) and "package" in m.stages
 
 
-@pytest.mark.slow
+@pytest.mark.minilm
 def test_default_job_runs_without_network(no_network, tmp_path):
     """The default job (cpu-int8, the default all-MiniLM-L6-v2 teacher, no --model) on a
     small STS-B slice, offline."""

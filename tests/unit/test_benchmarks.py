@@ -192,3 +192,13 @@ def test_smoke_run_report(tiny_run, tmp_path):
     bench_module("run_report").main(["--run", str(tiny_run), "--write", "--results", str(out)])
     body = written(out, "run_report", "run_report")
     assert "**student_int8** (deployed)" in body and "| budget | value |" in body
+
+
+def test_smoke_sparse_oneshot(tiny_bert, stsb_small, tmp_path):
+    out = tmp_path / "R.md"
+    argv = ["--model", str(tiny_bert), "--data", str(stsb_small), "--calibration-texts", "32"]
+    argv += ["--min-features", "8", "--write", "--results", str(out)]
+    bench_module("sparse_oneshot").main(argv)
+    body = written(out, "sparse_oneshot", "sparse_oneshot")
+    assert "| dense (no masks) |" in body and "modelopt sparsegpt" in body
+    assert "kdeploy sparsegpt (mask + update)" in body

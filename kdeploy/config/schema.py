@@ -100,7 +100,8 @@ class StudentConfig(_Strict):
         ge=1,
         le=65536,
         description="Student feed-forward width (None = the teacher's), at most the "
-        "teacher's; each layer keeps its FFN neurons with the largest weight norms.",
+        "teacher's; each layer keeps the FFN neurons that write the most into the residual "
+        "stream on calibration text (mean activation x output-weight norm).",
     )
 
     intermediate_fraction: float | None = Field(

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     print(table)
     if args.write:
         write_block(
-            "install_size",
+            f"install_size:{','.join(args.extras)}",
             table,
             script=__file__,
             argv=argv_of(argv),

@@ -15,12 +15,12 @@ from kdeploy.config import DistillConfig
 from kdeploy.data import Split, TrainItem
 from kdeploy.model_info import ModelInfo
 from kdeploy.train.batching import calibration_batches
-from kdeploy.train.layers import cut_layers
 from kdeploy.train.loading import pick_device
 from kdeploy.train.model_dir import save_model_dir
+from kdeploy.train.student import cut_student
 from kdeploy.train.teacher import Teacher, prepare_teacher
 from kdeploy.train.trainer import TrainRecord, train_kd
-from kdeploy.train.width import WidthPlan, slice_model, width_plan
+from kdeploy.train.width import WidthPlan
 
 
 @dataclass
@@ -64,12 +64,17 @@ def _cut_student(
     """The teacher's layers ``keep``, sliced to the widths when given (the units kept
     chosen on calibration text drawn from ``items``); the plan that sliced it."""
     assert teacher.model is not None
-    student = cut_layers(teacher.model, keep)
     if hidden_size is None and intermediate_size is None:
-        return student, None
+        return cut_student(teacher.model, keep)
     batches = calibration_batches(teacher.tokenizer, items, teacher.max_len, pick_device(), seed)
-    plan = width_plan(student, hidden_size, intermediate_size, batches)
-    student = slice_model(student, plan)
+    student, plan = cut_student(
+        teacher.model,
+        keep,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        batches=batches,
+    )
+    assert plan is not None
     log(
         f"student sliced to hidden {plan.hidden_size} ({len(plan.heads[0])} heads), "
         f"feed-forward {plan.intermediate_size}"

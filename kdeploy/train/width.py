@@ -26,7 +26,8 @@ Why activations, not weight norms: all-MiniLM-L6-v2 cut to layers [0, 2, 5], sli
 any training, STS-B dev Spearman (full width 81.98): FFN 768 81.35 with activations vs 77.35
 with ``||W_in[j]|| * ||W_out[:, j]||`` (first 768: 78.04, random: 77.8-79.1); hidden 256
 80.07 vs 71.42 with weight-norm shares (first: 70.41, random: 70.1-73.0); hidden 256 + FFN
-768 79.74 vs 69.89 (``benchmarks/slice_importance.py``, benchmarks/RESULTS.md).
+768 79.74 vs 69.89. Printed by ``python benchmarks/slice_importance.py --write`` (the
+``slice_importance`` block of benchmarks/RESULTS.md, 2026-12-02).
 """
 
 from __future__ import annotations

@@ -144,6 +144,54 @@ class Stage:
             seed=d.seed,
         )
 
+    def kd_fine_tune(
+        self,
+        student,
+        inputs: StageInputs,
+        *,
+        student_source: str,
+        fine_tune,
+        masks: dict | None,
+        work_dir: Path,
+        label: str,
+    ) -> dict:
+        """KD fine-tuning of ``student`` after a structural change (sparsify's masks, QAT's
+        fake quantizers): the distillation recipe, ``fine_tune``'s schedule, checkpointed in
+        ``work_dir``, the 2:4 ``masks`` re-applied after every step; its JSON record.
+
+        The teacher layers the student imitates are the ones it inherited when the input in
+        ``student_source`` is the distilled ``student_model``, else layer by layer (as
+        before the redesign: QAT on a sparse student maps layer by layer)."""
+        from kdeploy.data import labelled_dev
+        from kdeploy.train.finetune import fine_tune_layer_map, fine_tune_metrics, kd_fine_tune
+        from kdeploy.train.sparsify import apply_masks
+
+        p = self.profile
+        t_info = self.inspect(inputs["teacher_model"])
+        layer_map = fine_tune_layer_map(
+            p.distill,
+            p.student,
+            distilled=inputs.source(student_source) == "student_model",
+            teacher_layers=t_info.num_layers,
+            student_layers=student.config.num_hidden_layers,
+        )
+        record = kd_fine_tune(
+            student,
+            t_info,
+            p.distill,
+            fine_tune,
+            self.training_items(inputs, t_info.kind),
+            work_dir,
+            layer_map=layer_map,
+            dev=labelled_dev(inputs["dataset"]),
+            after_step=(lambda: apply_masks(student, masks)) if masks else None,
+            label=label,
+            allow_pickle=self.options.allow_pickle,
+            progress=self.options.progress,
+            log=self.log,
+        )
+        return fine_tune_metrics(record)
+
     def enabled(self) -> bool:
         return True
 

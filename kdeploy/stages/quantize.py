@@ -23,7 +23,7 @@ from pathlib import Path
 
 from kdeploy.config.methods import DynamicQuant, PtqQuant, QatQuant, StaticQuant
 from kdeploy.core.errors import ExportError
-from kdeploy.data import calibration_texts, labelled_dev, load_task_data
+from kdeploy.data import calibration_texts, load_task_data
 from kdeploy.model_info import sparse_layers
 from kdeploy.stages.base import Stage, StageInputs, StageResult, maybe, need
 
@@ -154,7 +154,15 @@ class Quantize(Stage):
         )
         record: dict = {"steps": 0}
         if isinstance(method, QatQuant):
-            record = self._qat(student, s_info, method, masks, inputs, out.parent)
+            record = self.kd_fine_tune(
+                student,
+                inputs,
+                student_source="student_model",
+                fine_tune=method.fine_tune,
+                masks=masks,
+                work_dir=out.parent,
+                label="QAT",
+            )
         val_texts = load_task_data(inputs["dataset"]).bench_split().texts_a
         check = export_qdq(
             student,
@@ -187,37 +195,6 @@ class Quantize(Stage):
             "bytes_before": (inputs["student_onnx"] / "model.onnx").stat().st_size,
             "bytes_after": (out / "model.onnx").stat().st_size,
         }
-
-    def _qat(self, student, s_info, method: QatQuant, masks, inputs, work_dir: Path) -> dict:
-        """KD fine-tuning through the fake quantizers (2:4 masks re-applied each step)."""
-        from kdeploy.train.finetune import fine_tune_layer_map, fine_tune_metrics, kd_fine_tune
-        from kdeploy.train.sparsify import apply_masks
-
-        t_info = self.inspect(inputs["teacher_model"])
-        record = kd_fine_tune(
-            student,
-            t_info,
-            self.profile.distill,
-            method.fine_tune,
-            self.training_items(inputs, t_info.kind),
-            work_dir,
-            layer_map=fine_tune_layer_map(
-                self.profile.distill,
-                self.profile.student,
-                # as before the redesign: only a distilled (not sparse) source maps the
-                # inherited layers; a sparse student is mapped layer by layer
-                distilled=inputs.source("student_model") == "student_model",
-                teacher_layers=t_info.num_layers,
-                student_layers=s_info.num_layers,
-            ),
-            dev=labelled_dev(inputs["dataset"]),
-            after_step=(lambda: apply_masks(student, masks)) if masks else None,
-            label="QAT",
-            allow_pickle=self.options.allow_pickle,
-            progress=self.options.progress,
-            log=self.log,
-        )
-        return fine_tune_metrics(record)
 
 
 # quantize method config type -> the handler that makes the INT8 student

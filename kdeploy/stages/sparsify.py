@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from kdeploy.core.errors import StageError
-from kdeploy.data import calibration_texts, labelled_dev
+from kdeploy.data import calibration_texts
 from kdeploy.model_info import SPARSITY_FILE, ModelInfo
 from kdeploy.stages.base import Stage, StageInputs, StageResult, maybe, need
 
@@ -57,7 +57,7 @@ class Sparsify(Stage):
         )
 
         p = self.profile
-        t_info = self.inspect(inputs["teacher_model"])
+        self.inspect(inputs["teacher_model"])  # the teacher checked before the student loads
         s_info = self.inspect(inputs["student"])
         torch.manual_seed(p.distill.seed)
         student = load_hf_model(s_info, allow_pickle=self.options.allow_pickle)
@@ -69,7 +69,15 @@ class Sparsify(Stage):
                 fix="loosen sparsify.dense_layers or min_features, or set sparsify.enabled: false",
             )
         masks = self._masks(student, s_info, layers, inputs, out_dir / MASKS_FILE)
-        record = self._fine_tune(student, t_info, s_info, masks, inputs, out_dir)
+        record = self.kd_fine_tune(
+            student,
+            inputs,
+            student_source="student",
+            fine_tune=p.sparsify.fine_tune,
+            masks=masks,
+            work_dir=out_dir,
+            label="sparse fine-tune",
+        )
         student.to(pick_device())
         apply_masks(student, masks)  # the best epoch's weights were saved masked; make sure
         bad = check_masks(student.cpu(), masks)
@@ -129,30 +137,3 @@ class Sparsify(Stage):
         load_weights(student, weights)
         apply_masks(student, masks)
         return masks
-
-    def _fine_tune(self, student, t_info, s_info, masks, inputs, out_dir: Path) -> dict:
-        from kdeploy.train.finetune import fine_tune_layer_map, fine_tune_metrics, kd_fine_tune
-        from kdeploy.train.sparsify import apply_masks
-
-        record = kd_fine_tune(
-            student,
-            t_info,
-            self.profile.distill,
-            self.profile.sparsify.fine_tune,
-            self.training_items(inputs, t_info.kind),
-            out_dir,
-            layer_map=fine_tune_layer_map(
-                self.profile.distill,
-                self.profile.student,
-                distilled=inputs.source("student") == "student_model",
-                teacher_layers=t_info.num_layers,
-                student_layers=s_info.num_layers,
-            ),
-            dev=labelled_dev(inputs["dataset"]),
-            after_step=lambda: apply_masks(student, masks),
-            label="sparse fine-tune",
-            allow_pickle=self.options.allow_pickle,
-            progress=self.options.progress,
-            log=self.log,
-        )
-        return fine_tune_metrics(record)

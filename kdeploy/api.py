@@ -3,7 +3,8 @@
 - ``run_pipeline(RunRequest(...))``: ``kdeploy compress``
 - ``run_device_stages(run_dir, until=...)``: ``kdeploy build``
 - ``bench(target, ...)`` / ``verify(target, ...)``: ``kdeploy bench`` / ``kdeploy verify`` on a
-  run dir or a model dir (torch-free)
+  run dir or a model dir (torch-free); on a run dir they first check the sha256 of every
+  model and every packaged file against the manifest (``engine.rundir.open_run``)
 - ``serve_check(run_dir)``: ``kdeploy serve-check`` (torch-free)
 """
 
@@ -135,16 +136,9 @@ def serve_check(run_dir: Path, *, log: Log = print) -> dict[str, Any]:
     """Everything ``kdeploy serve-check`` checks; ``result["passed"]`` says if it all held."""
     from kdeploy.packaging.servecheck import check_package
 
+    # open_run checks every packaged file against the manifest (exit 6 naming the file)
     view = open_run(run_dir, need=("package",))
     rec = view.manifest.stages["package"]
-    for art_name, art in rec.outputs.items():
-        problems = art.check(run_dir)
-        if problems:
-            raise RunDirError(
-                f"packaged artifact {art_name} of {run_dir} is damaged: {problems[0]}",
-                where=str(art.abspath(run_dir)),
-                fix="rerun `kdeploy compress --from package`",
-            )
     if "reference" not in rec.outputs:
         raise RunDirError(
             f"{run_dir} was packaged without reference outputs (an older kdeploy)",

@@ -148,7 +148,7 @@ def _commit(
 ) -> StageRecord:
     """Hash the outputs, move the work dir into place and record the stage, atomically."""
     name, run_dir = plan.stage.name, state.run_dir
-    missing = [p for p in plan.stage.produces if p not in result.outputs]
+    missing = [p for p in plan.stage.outputs_expected() if p not in result.outputs]
     if missing:
         _cleanup(work, resumable)
         raise StageError(

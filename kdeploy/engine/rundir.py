@@ -103,14 +103,53 @@ class RunView:
         return self.data_dir
 
 
-def _check(run_dir: Path, name: str, art) -> None:
+def _check(run_dir: Path, name: str, art, *, packaged: bool = False) -> None:
+    """Every file of an artifact against its sha256 in the manifest (exit 6 naming the
+    first damaged file)."""
     problems = art.check(run_dir)
     if problems:
-        raise RunDirError(
-            f"artifact {name} of {run_dir} is damaged: {problems[0]}",
-            where=str(art.abspath(run_dir)),
-            fix="rerun `kdeploy compress` (it rebuilds damaged stages)",
+        bad = next(
+            (f for f, want in art.file_paths(run_dir).items() if str(f) in problems[0]),
+            art.abspath(run_dir),
         )
+        what = "packaged artifact" if packaged else "artifact"
+        raise RunDirError(
+            f"{what} {name} of {run_dir} is damaged: {problems[0]}",
+            where=str(bad),
+            fix="rerun `kdeploy compress` with the same arguments (it rebuilds damaged stages)",
+        )
+
+
+def check_deliverables(run_dir: Path, manifest: Manifest) -> None:
+    """What the package stage delivered (the deployable dir, the Triton repository, the
+    reference outputs, the sentence-transformers / optimum folders, the report), file by
+    file against the manifest; then that each model file it copied still has the sha256 of
+    the model it was copied from (the one bench and verify measured): the deliverable is
+    what was verified. Nothing to check before the package stage ran."""
+    rec = manifest.stages.get("package")
+    if rec is None:
+        return
+    for name, art in rec.outputs.items():
+        _check(run_dir, name, art, packaged=True)
+    recorded = {
+        f.resolve(): sha
+        for stage in manifest.stages.values()
+        for art in stage.outputs.values()
+        for f, sha in art.file_paths(run_dir).items()
+    }
+    for dest, src in rec.metrics.get("copied_from", {}).items():
+        got, want = (
+            recorded.get((run_dir / dest).resolve()),
+            recorded.get((run_dir / src).resolve()),
+        )
+        if got is None or got != want:
+            raise RunDirError(
+                f"{run_dir / dest} is not the model bench and verify measured: the manifest "
+                f"records {'no such file' if got is None else 'another sha256'} for it than "
+                f"for {run_dir / src}, which it was packaged from",
+                where=str(run_dir / dest),
+                fix="rerun `kdeploy compress` with the same arguments (package is redone)",
+            )
 
 
 def is_run_dir(path: Path) -> bool:
@@ -120,7 +159,8 @@ def is_run_dir(path: Path) -> bool:
 def open_run(
     run_dir: Path, *, need: tuple[str, ...] = ("export",), check_digests: bool = True
 ) -> RunView:
-    """The models of a run, after checking the stages they come from are finished and intact."""
+    """The models of a run, after checking the stages they come from are finished and intact
+    (``check_digests``: every model file and every packaged file against the manifest)."""
     manifest = load_manifest(run_dir)
     if manifest is None:
         raise RunDirError(
@@ -147,6 +187,8 @@ def open_run(
         if check_digests:
             _check(run_dir, art_name, art)
         models[table_name] = art.abspath(run_dir)
+    if check_digests:
+        check_deliverables(run_dir, manifest)
     profile_path = run_dir / "profile.yaml"
     if not profile_path.is_file():
         raise RunDirError(

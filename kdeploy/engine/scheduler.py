@@ -92,6 +92,8 @@ def rerun_reason(state: RunState, plan: StagePlan, policy: Policy) -> str | None
         reason = "not run yet"
     elif record.key != plan.key:
         reason = "its profile section, inputs or tool versions changed"
+    elif lacking := [o for o in plan.stage.outputs_expected() if o not in record.outputs]:
+        reason = f"its record lacks {', '.join(lacking)} (made by an earlier kdeploy)"
     elif policy.force:
         reason = "--force"
     elif policy.from_stage is not None and not before_from:

@@ -192,8 +192,44 @@ class Stage:
         )
         return fine_tune_metrics(record)
 
+    def hidden_state_graph(self, model_dir: Path, out: Path, texts: list[str]) -> dict:
+        """``out/model.onnx``: the embedding graph of ``model_dir`` (a model dir of this
+        stage's work dir) up to its token outputs, output ``last_hidden_state``, for
+        sentence-transformers' ONNX backend; checked against the source graph on ``texts``.
+        Export cuts the fp32 student, quantize the INT8 one (``kdeploy.onnxtools.hidden``)."""
+        from dataclasses import asdict
+
+        from kdeploy.onnxtools.hidden import check_cut, cut_to_hidden_state
+        from kdeploy.runtime.card import ModelCard
+        from kdeploy.runtime.text import TextEncoder
+
+        card = ModelCard.load(model_dir)
+        src = model_dir / card.model_file
+        cut = cut_to_hidden_state(src, out / "model.onnx")
+        enc = TextEncoder(model_dir / card.tokenizer_file, card.max_seq_length)
+        batches = [enc.encode(texts[i : i + 16]) for i in range(0, len(texts), 16)]
+        check = check_cut(src, out / "model.onnx", batches)
+        same = "identical" if check.identical else f"max |diff| {check.max_abs_diff:.1e}"
+        self.log(
+            f"{model_dir.name}: last_hidden_state graph for sentence-transformers "
+            f"({cut.nodes_dropped} pooling nodes dropped; token outputs {same})"
+        )
+        source = f"{self.name}/{model_dir.name}/{card.model_file}"
+        return {"from": source, **asdict(cut), **asdict(check)}
+
     def enabled(self) -> bool:
         return True
+
+    def outputs_expected(self) -> tuple[str, ...]:
+        """The outputs this run's stage must have: ``produces`` plus those that depend on
+        the run (the engine reruns a recorded stage that lacks one: it was made by an
+        earlier kdeploy)."""
+        return self.produces
+
+    @property
+    def embedding_run(self) -> bool:
+        """The run's teacher is an embedding model (from the manifest)."""
+        return self.env.manifest.get("model", {}).get("kind") == "embedding"
 
     def config(self) -> dict[str, Any]:
         """The part of the profile this stage uses: it is hashed into the stage key."""

@@ -1,4 +1,10 @@
-"""export: teacher and student to ONNX (dynamic batch/sequence), checked and validated."""
+"""export: teacher and student to ONNX (dynamic batch/sequence), checked and validated.
+
+For embedding models it also derives ``student_hidden/model.onnx`` from the exported
+student (the sparse one when sparsify ran): the same graph without pooling and
+normalisation, output ``last_hidden_state``, for sentence-transformers' ONNX backend
+(``kdeploy.onnxtools.hidden``; the package stage copies it, torch- and onnx-free).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +23,8 @@ class Export(Stage):
         maybe("sparse_model", role="sparse"),
         need("dataset"),
     )
-    produces = ("teacher_onnx", "student_onnx")  # + sparse_onnx when sparsify ran
+    # + sparse_onnx when sparsify ran, + student_hidden_onnx for embedding models
+    produces = ("teacher_onnx", "student_onnx")
     tools = (
         "torch",
         "transformers",
@@ -31,12 +38,23 @@ class Export(Stage):
     def config(self) -> dict:
         return {"task": self.profile.task, "export": self.profile.export.model_dump(mode="json")}
 
+    def outputs_expected(self) -> tuple[str, ...]:
+        return (*self.produces, "student_hidden_onnx") if self.embedding_run else self.produces
+
     def run(self, inputs: StageInputs, out_dir: Path) -> StageResult:
         texts = load_task_data(inputs["dataset"]).bench_split().texts_a
         texts = texts[: self.profile.export.validation_texts]
         roles = [r for r in ("teacher", "student", "sparse") if r in inputs]
         metrics = {role: self._export(role, inputs[role], out_dir / role, texts) for role in roles}
-        return StageResult(outputs={f"{r}_onnx": out_dir / r for r in roles}, metrics=metrics)
+        outputs = {f"{r}_onnx": out_dir / r for r in roles}
+        if self.embedding_run:
+            last = roles[-1]  # the fp32 model quantize takes: sparse, else student
+            hidden = out_dir / "student_hidden"
+            metrics[last]["hidden_state_graph"] = self.hidden_state_graph(
+                out_dir / last, hidden, texts
+            )
+            outputs["student_hidden_onnx"] = hidden
+        return StageResult(outputs=outputs, metrics=metrics)
 
     def _export(self, role: str, src: Path, out: Path, texts: list[str]) -> dict:
         from kdeploy.onnxtools.checks import check_sparse_export

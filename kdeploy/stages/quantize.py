@@ -13,6 +13,10 @@ Every Q/DQ graph is linted against TensorRT's explicit-quantization rules
 (``kdeploy.onnxtools.qdq_lint``): a finding fails the stage for TensorRT targets and is
 reported for ONNX Runtime ones. When the student is 2:4 sparse, the INT8 graph must still
 be exactly 2:4.
+
+For embedding models, ``student_hidden/model.onnx`` is the INT8 student cut at its token
+outputs (``last_hidden_state``, no pooling): the very quantized nodes verify measures, for
+sentence-transformers' ONNX backend (the package stage copies it).
 """
 
 from __future__ import annotations
@@ -38,11 +42,15 @@ class Quantize(Stage):
         need("teacher_model"),
         maybe("unlabeled_text"),
     )
-    produces = ("student_int8",)  # + teacher_int8 with quantize.teacher_baseline
+    # + teacher_int8 with quantize.teacher_baseline, + student_hidden_int8 for embedding models
+    produces = ("student_int8",)
     tools = ("onnx", "onnxruntime", "optimum", "optimum-onnx", "torch", "nvidia-modelopt")
 
     def enabled(self) -> bool:
         return self.profile.quantize.enabled
+
+    def outputs_expected(self) -> tuple[str, ...]:
+        return (*self.produces, "student_hidden_int8") if self.embedding_run else self.produces
 
     def resumable(self) -> bool:
         """QAT checkpoints every epoch and resumes there; the other methods start over."""
@@ -80,6 +88,12 @@ class Quantize(Stage):
             )
         outputs = {"student_int8": out}
         self.log(f"student INT8 ({cfg.method}): {student['bytes_after'] / 1e6:.1f} MB")
+        if self.embedding_run:
+            hidden = out_dir / "student_hidden"
+            texts = load_task_data(inputs["dataset"]).bench_split().texts_a
+            texts = texts[: self.profile.export.validation_texts]
+            metrics["student_hidden"] = self.hidden_state_graph(out, hidden, texts)
+            outputs["student_hidden_int8"] = hidden
         if cfg.teacher_baseline:
             from kdeploy.train.quantize import quantize_with_optimum
 

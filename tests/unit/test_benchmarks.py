@@ -202,3 +202,12 @@ def test_smoke_sparse_oneshot(tiny_bert, stsb_small, tmp_path):
     body = written(out, "sparse_oneshot", "sparse_oneshot")
     assert "| dense (no masks) |" in body and "modelopt sparsegpt" in body
     assert "kdeploy sparsegpt (mask + update)" in body
+
+
+def test_smoke_st_parity(tiny_run, stsb_small, tmp_path):
+    out = tmp_path / "R.md"
+    argv = ["--run", str(tiny_run), "--data", str(stsb_small), "--batch-size", "8"]
+    bench_module("st_parity").main([*argv, "--write", "--results", str(out)])
+    body = written(out, "st_parity", "st_parity")
+    assert "| student_int8 | `onnx/model_qint8_quantized.onnx` |" in body
+    assert "| student_fp32 | `onnx/model.onnx` |" in body

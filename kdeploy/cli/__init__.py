@@ -10,6 +10,7 @@ from kdeploy.cli.compress import compress
 from kdeploy.cli.device import bench, build, serve_check_cmd, verify
 from kdeploy.cli.errors import ErrorGroup
 from kdeploy.cli.profiles import profiles
+from kdeploy.cli.serve import serve
 
 
 @click.group(cls=ErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,7 +19,7 @@ def cli() -> None:
     """Distil, compress, export and verify a Hugging Face transformer for a target."""
 
 
-for _command in (compress, profiles, bench, verify, build, serve_check_cmd):
+for _command in (compress, profiles, bench, verify, build, serve_check_cmd, serve):
     cli.add_command(_command)
 
 

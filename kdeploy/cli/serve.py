@@ -14,7 +14,7 @@ import click
 from kdeploy.core.errors import Interrupted
 
 if TYPE_CHECKING:
-    from kdeploy.packaging.serve import ServeSettings
+    from kdeploy.packaging.serve_model import ServeSettings
 
 
 @click.command()
@@ -68,7 +68,7 @@ def served_model(run_dir: Path) -> tuple[Path, ServeSettings]:
     """The run's deployable model dir (its files' sha256 checked against the manifest) and
     its serving settings; the model name is the one the run's Triton repository uses."""
     from kdeploy.engine.rundir import open_run
-    from kdeploy.packaging.serve import serve_settings
+    from kdeploy.packaging.serve_model import serve_settings
     from kdeploy.packaging.triton import model_name
     from kdeploy.runtime.card import ModelCard
 

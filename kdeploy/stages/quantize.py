@@ -194,21 +194,34 @@ class Quantize(Stage):
             f"Q/DQ export vs fake-quantized torch: max |diff| {check['max_abs_diff']:.2e}, "
             f"min cosine {check['min_cosine']:.5f}"
         )
-        return {
-            "method": method.method,
-            "tool": "modelopt",
-            "format": "qdq",
-            "per_channel": method.per_channel,
-            "weight_type": "int8",
-            "activation_type": "int8",
-            "calibration_texts": len(texts),
-            "quantized_layers": placed["quantized"],
-            "float_layers": placed["float"],
-            "fine_tune": record,
-            "validation": check,
-            "bytes_before": (inputs["student_onnx"] / "model.onnx").stat().st_size,
-            "bytes_after": (out / "model.onnx").stat().st_size,
-        }
+        return modelopt_record(method, len(texts), placed, record, check, inputs, out)
+
+
+def modelopt_record(
+    method: PtqQuant | QatQuant,
+    calibration_texts: int,
+    placed: dict,
+    fine_tune: dict,
+    validation: dict,
+    inputs: StageInputs,
+    out: Path,
+) -> dict:
+    """What the report says about a modelopt INT8 student (the stage's metrics)."""
+    return {
+        "method": method.method,
+        "tool": "modelopt",
+        "format": "qdq",
+        "per_channel": method.per_channel,
+        "weight_type": "int8",
+        "activation_type": "int8",
+        "calibration_texts": calibration_texts,
+        "quantized_layers": placed["quantized"],
+        "float_layers": placed["float"],
+        "fine_tune": fine_tune,
+        "validation": validation,
+        "bytes_before": (inputs["student_onnx"] / "model.onnx").stat().st_size,
+        "bytes_after": (out / "model.onnx").stat().st_size,
+    }
 
 
 # quantize method config type -> the handler that makes the INT8 student

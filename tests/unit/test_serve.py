@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from kdeploy.cli import cli
 from kdeploy.core.errors import DependencyError, ModelError, UsageError
 from kdeploy.packaging import serve as sv
+from kdeploy.packaging import serve_model
 from kdeploy.runtime import Encoder
 from kdeploy.runtime.card import ModelCard
 from tests.conftest import real_sentences
@@ -49,7 +50,7 @@ def test_served_model_answers_as_the_runtime(tiny_run):
 
     model_dir, s = served_model(tiny_run)
     texts = real_sentences(12)
-    model = sv.ServedModel(model_dir, s)
+    model = serve_model.ServedModel(model_dir, s)
     try:
         inputs, outputs = model.interface()
         assert [(t.name, t.dtype, t.dims) for t in inputs] == [("text", "BYTES", (1,))]
@@ -85,7 +86,7 @@ class FakeClassifier:
 
 
 def test_classifier_requests_with_and_without_pairs():
-    model = sv.ServedModel.__new__(sv.ServedModel)
+    model = serve_model.ServedModel.__new__(serve_model.ServedModel)
     model.model, model.card = FakeClassifier(), FakeClassifier.card
     answers = model(
         [
@@ -107,7 +108,7 @@ def test_classifier_requests_with_and_without_pairs():
 
 def test_decode_keeps_one_bad_request_from_failing_the_batch():
     col = np.array([[b"caf\xc3\xa9"], [b"\xff\xfe bad"], ["str"]], dtype=object)
-    assert sv.decode(col) == ["café", "\ufffd\ufffd bad", "str"]
+    assert serve_model.decode(col) == ["café", "\ufffd\ufffd bad", "str"]
 
 
 def test_stub_gets_this_interpreters_libpython(monkeypatch):

@@ -19,8 +19,11 @@ def select_layers(
     (6 -> 3: [0, 2, 5]; 12 -> 4: [0, 3, 7, 11]). Keeping both ends matters: the last layer
     produced the output the teacher was trained on, and the first reads the embeddings
     directly. Measured on all-MiniLM-L6-v2 -> 3 layers, one epoch of embedding KD on STS-B
-    train texts, STS-B test Spearman: [0,2,5] 80.43, [0,1,5] 80.19, [0,3,5] 80.10,
-    [1,3,5] 79.91, [0,2,4] 71.96 (benchmarks/RESULTS.md).
+    train texts, STS-B test Spearman of the INT8 student: [0,2,5] 81.02, [0,1,5] 80.79,
+    [0,3,5] 80.25, [1,3,5] 80.10, [0,2,4] 72.97 (``python benchmarks/distill_sweep.py
+    --teacher minilm --keeps 0,2,5 0,1,5 0,3,5 1,3,5 0,2,4 --loss-sets emb --set
+    student.intermediate_fraction=null --set distill.epochs=1 --set
+    quantize.teacher_baseline=false --tag keep --write``; benchmarks/RESULTS.md).
     """
     if k > n_teacher:
         raise ModelError(

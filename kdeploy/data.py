@@ -8,8 +8,9 @@ Two layouts are recognised from the header row:
 from __future__ import annotations
 
 import csv
+import hashlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -274,6 +275,9 @@ def read_unlabeled(path: Path | str) -> list[str]:
 TrainItem = tuple[str, str | None, int | None]
 
 
+TEXT_SOURCES = ("task", "unlabeled")
+
+
 def training_items(
     data_dir: Path,
     unlabeled: Path | None,
@@ -281,25 +285,29 @@ def training_items(
     *,
     cap: int | None = None,
     seed: int = 0,
+    sources: Sequence[str] = TEXT_SOURCES,
 ) -> list[TrainItem]:
-    """Distinct training texts: every text column of the train split (+ the unlabeled
-    texts), blank ones dropped, at most ``cap`` of them (a seeded sample).
+    """Distinct training texts: every text column of the train split (source ``task``) and
+    the unlabeled texts (source ``unlabeled``), blank ones dropped, at most ``cap`` of them
+    (a seeded sample). Leaving ``task`` out of ``sources`` distils on other text only, so
+    the task's data is judged on sentences of a corpus the student never saw.
 
     Classifier rows keep their gold label (for the hard-label loss); the unlabeled texts
     and, for embedding teachers, every text have none. Dev and test are never read.
     """
-    train = load_task_data(data_dir).splits["train"]
-    items: list[TrainItem]
-    if kind == "classification":
-        labels = train.labels or [None] * len(train)
-        pairs = train.texts_b or [None] * len(train)
-        items = [
-            (a, b, None if y is None else int(y))
-            for a, b, y in zip(train.texts_a, pairs, labels, strict=True)
-        ]
-    else:
-        items = [(t, None, None) for t in train.texts()]
-    if unlabeled is not None:
+    items: list[TrainItem] = []
+    if "task" in sources:
+        train = load_task_data(data_dir).splits["train"]
+        if kind == "classification":
+            labels = train.labels or [None] * len(train)
+            pairs = train.texts_b or [None] * len(train)
+            items = [
+                (a, b, None if y is None else int(y))
+                for a, b, y in zip(train.texts_a, pairs, labels, strict=True)
+            ]
+        else:
+            items = [(t, None, None) for t in train.texts()]
+    if unlabeled is not None and "unlabeled" in sources:
         items += [(t, None, None) for t in read_unlabeled(unlabeled)]
     seen: set = set()
     unique = []
@@ -312,6 +320,28 @@ def training_items(
         pick = np.sort(rng.choice(len(unique), size=cap, replace=False))
         unique = [unique[i] for i in pick]
     return unique
+
+
+def text_fingerprints(texts: Iterable[str]) -> np.ndarray:
+    """Sorted distinct 64-bit fingerprints (blake2b) of ``texts``, stripped: what a run
+    keeps of its training texts to tell later which evaluation texts it trained on."""
+    keys = {
+        int.from_bytes(hashlib.blake2b(t.strip().encode(), digest_size=8).digest(), "little")
+        for t in texts
+        if t.strip()
+    }
+    return np.asarray(sorted(keys), dtype=np.uint64)
+
+
+def seen_count(texts: Sequence[str], fingerprints: np.ndarray) -> int:
+    """How many of ``texts`` (distinct, stripped) are among ``fingerprints``."""
+    mine = text_fingerprints(texts)
+    return int(np.isin(mine, fingerprints, assume_unique=True).sum())
+
+
+def item_texts(items: Sequence[TrainItem]) -> list[str]:
+    """Every text of the items (both sides of a pair)."""
+    return [x[0] for x in items] + [x[1] for x in items if x[1] is not None]
 
 
 def sample_texts(texts: list[str], n: int, seed: int) -> list[str]:

@@ -200,6 +200,8 @@ TINY_OVERRIDES = [
     "verify.budgets.max_latency.sequence=64",
     "verify.budgets.min_retention=0.01",
     "verify.budgets.min_speedup=null",
+    "verify.budgets.min_neighbour_recall=null",
+    "verify.budgets.min_probe_retention=null",
 ]
 
 

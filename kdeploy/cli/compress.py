@@ -51,6 +51,14 @@ if TYPE_CHECKING:
     "GLUE-layout folder (its train split's sentences; labels, dev and test unused).",
 )
 @click.option(
+    "--probe",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Labelled classification data (GLUE layout: train.tsv and dev.tsv with sentence "
+    "and label) for verify's linear probe on frozen embeddings, e.g. ../shared/data/sst2. "
+    "Embedding teachers only.",
+)
+@click.option(
     "--set",
     "overrides",
     multiple=True,
@@ -85,6 +93,7 @@ def compress(
     data_dir,
     out_dir,
     unlabeled,
+    probe,
     overrides,
     force,
     from_stage,
@@ -112,6 +121,7 @@ def compress(
         data_dir=data_dir,
         out_dir=out_dir,
         unlabeled=unlabeled,
+        probe=probe,
         force=force,
         from_stage=from_stage,
         until_stage=until_stage,

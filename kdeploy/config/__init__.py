@@ -27,6 +27,7 @@ from kdeploy.config.sections import (
     Budgets,
     ExportConfig,
     ExportShapes,
+    TransferConfig,
     VerifyConfig,
 )
 
@@ -45,6 +46,7 @@ __all__ = [
     "SparsifyConfig",
     "StudentConfig",
     "Target",
+    "TransferConfig",
     "VerifyConfig",
     "available_profiles",
     "dump_profile",

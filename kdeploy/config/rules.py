@@ -116,7 +116,14 @@ def min_opt_max_ordered(m: MinOptMax) -> None:
 TARGET = (trt_needs_a_gpu, device_runs_the_precision, gpu_providers_need_a_gpu)
 STUDENT = (ffn_size_or_fraction, explicit_keep_list)
 LOSSES = (some_loss_is_on,)
-DISTILL = (early_stopping_needs_dev_scores,)
+
+
+def text_sources_distinct(d: DistillConfig) -> None:
+    if len(set(d.text_sources)) != len(d.text_sources):
+        raise ValueError(f"text_sources lists a source twice: {d.text_sources}")
+
+
+DISTILL = (early_stopping_needs_dev_scores, text_sources_distinct)
 QUANTIZE = (modelopt_writes_symmetric_qdq, fuse_is_for_onnx_runtime_methods)
 MIN_OPT_MAX = (min_opt_max_ordered,)
 
@@ -262,6 +269,26 @@ def speedup_baseline_exists(p: Profile) -> None:
         raise ValueError("min_speedup over teacher_int8 needs quantize.teacher_baseline: true")
 
 
+def recall_baseline_exists(p: Profile) -> None:
+    nb = p.verify.budgets.min_neighbour_recall
+    if nb is not None and nb.over == "teacher_int8" and not p.quantize.teacher_baseline:
+        raise ValueError(
+            "min_neighbour_recall over teacher_int8 needs quantize.teacher_baseline: true"
+        )
+
+
+def transfer_budgets_are_measured(p: Profile) -> None:
+    b, t = p.verify.budgets, p.verify.transfer
+    if b.min_neighbour_recall is not None and t.neighbours is None:
+        raise ValueError(
+            "verify.budgets.min_neighbour_recall needs verify.transfer.neighbours (it is null)"
+        )
+    if b.min_probe_retention is not None and t.probe is None:
+        raise ValueError(
+            "verify.budgets.min_probe_retention needs verify.transfer.probe (it is null)"
+        )
+
+
 PROFILE = (
     device_has_what_the_profile_uses,
     no_fp8_quantizer,
@@ -276,4 +303,6 @@ PROFILE = (
     precision_matches_quantize,
     preferred_batches_fit,
     speedup_baseline_exists,
+    recall_baseline_exists,
+    transfer_budgets_are_measured,
 )

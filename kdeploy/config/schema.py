@@ -178,6 +178,14 @@ class DistillConfig(_Strict):
     max_train_texts: int | None = Field(
         default=None, ge=1, description="Cap on distinct training texts (None = all)."
     )
+    text_sources: list[Literal["task", "unlabeled"]] = Field(
+        default=["task", "unlabeled"],
+        min_length=1,
+        description="Where the distillation texts come from: the --data train split "
+        "('task') and/or the --unlabeled texts. [unlabeled] alone keeps the task's own "
+        "sentences out of training (a cross-domain run: distil on one corpus, judge on "
+        "another). Every training stage (distill, sparsify, QAT) uses the same texts.",
+    )
     seed: int = 42
     temperature: float = Field(default=2.0, gt=0, le=100, description="logit_kd temperature.")
     losses: LossWeights = LossWeights()

@@ -61,12 +61,73 @@ class SpeedupBudget(_Strict):
     ratio: float = Field(gt=0)
 
 
+class RecallBudget(_Strict):
+    """The deployed model's neighbour recall@k >= ratio x that of ``over``. Recall is
+    measured against teacher_fp32's neighbours, whose own recall is 1: ``over:
+    teacher_fp32`` makes ``ratio`` an absolute floor, ``over: teacher_int8`` asks for at
+    least what optimum's INT8 teacher keeps in the same run."""
+
+    over: Literal["teacher_fp32", "teacher_int8"] = "teacher_int8"
+    ratio: float = Field(default=1.0, gt=0, le=1.5)
+
+
 class Budgets(_Strict):
     min_retention: float | None = Field(
         default=None, gt=0, le=1.5, description="student metric / teacher metric"
     )
     max_latency: LatencyBudget | None = None
     min_speedup: SpeedupBudget | None = None
+    min_neighbour_recall: RecallBudget | None = Field(
+        default=None,
+        description="Embedding models: recall@k of the teacher's nearest neighbours in the "
+        "verify.transfer.neighbours pool (not checked for classifiers).",
+    )
+    min_probe_retention: float | None = Field(
+        default=None,
+        gt=0,
+        le=1.5,
+        description="Embedding models: linear-probe accuracy on the --probe data / the "
+        "teacher's (needs --probe; not checked for classifiers).",
+    )
+
+
+class NeighbourCheck(_Strict):
+    k: int = Field(default=10, ge=1, le=100, description="Neighbours compared per sentence.")
+    max_pool: int = Field(
+        default=5000,
+        ge=2,
+        le=20_000,
+        description="The pool: the eval split's distinct texts (both columns), the first "
+        "max_pool of them in file order. A pool of n costs n x n similarities per model.",
+    )
+
+
+class ProbeCheck(_Strict):
+    train_examples: int = Field(
+        default=4000,
+        ge=2,
+        le=100_000,
+        description="Rows of the probe data's train split the probe is fitted on (a seeded "
+        "sample); it is scored on the probe data's dev split (test when there is no dev).",
+    )
+    c: float = Field(
+        default=1.0,
+        gt=0,
+        description="Inverse L2 strength (scikit-learn's C), features standardised.",
+    )
+    seed: int = 0
+
+
+class TransferConfig(_Strict):
+    """How well an embedding student stands in for its teacher beyond the task metric
+    (``kdeploy.evaluation.transfer``). Measured for every model of the run, reported in
+    verify.json and the report; the budgets are ``min_neighbour_recall`` and
+    ``min_probe_retention``. A section set to null is not measured."""
+
+    neighbours: NeighbourCheck | None = NeighbourCheck()
+    probe: ProbeCheck | None = Field(
+        default=ProbeCheck(), description="Measured when the run has --probe data."
+    )
 
 
 DEFAULT_EVAL_BATCH = 64
@@ -83,6 +144,7 @@ class VerifyConfig(_Strict):
         "value is a typo).",
     )
     budgets: Budgets = Budgets()
+    transfer: TransferConfig = TransferConfig()
 
     @property
     def eval_batch_size(self) -> int:

@@ -55,6 +55,11 @@ class ArtifactIndex:
         self.digests[name] = digest
         self.files[name] = files
 
+    def drop(self, name: str) -> None:
+        """Forget ``name`` (stages that may consume it then run without it)."""
+        for table in (self.paths, self.digests, self.files):
+            table.pop(name, None)
+
     def publish(self, record: StageRecord, run_dir: Path) -> None:
         """Make a finished stage's outputs available to the stages after it."""
         for out_name, art in record.outputs.items():

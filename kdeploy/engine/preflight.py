@@ -9,6 +9,7 @@ from pathlib import Path
 from kdeploy.config import LoadedProfile, locate_key
 from kdeploy.core.errors import DataError, ProfileError, UsageError
 from kdeploy.data import TaskData, read_unlabeled
+from kdeploy.evaluation.transfer_checks import load_probe
 from kdeploy.evaluation.verify import eval_plan
 from kdeploy.model_info import TASK_FOR_KIND, ModelInfo, width_bound_modules, width_problem
 from kdeploy.stages import ORDER
@@ -156,6 +157,51 @@ def check_profile_fit(
         check_student_width(teacher, loaded)
     eval_plan(profile.verify, data.eval_split(profile.verify.eval_split))
     if profile.distill.enabled:
-        check_train_text(data)
+        check_text_sources(loaded, unlabeled)
+        if "task" in profile.distill.text_sources:
+            check_train_text(data)
     if unlabeled is not None:
         read_unlabeled(unlabeled)
+
+
+def check_text_sources(loaded: LoadedProfile, unlabeled: Path | None) -> None:
+    """distill.text_sources leaves something to train on."""
+    sources = loaded.profile.distill.text_sources
+    if "task" not in sources and unlabeled is None:
+        raise UsageError(
+            f"distill.text_sources is {sources}: the student would be trained on "
+            "--unlabeled texts only, and no --unlabeled was given",
+            where=locate_key(loaded, "distill.text_sources"),
+            fix="pass --unlabeled FILE_OR_DIR, or add 'task' to distill.text_sources",
+        )
+
+
+def check_probe(teacher: ModelInfo, loaded: LoadedProfile, probe: Path | None) -> None:
+    """--probe fits an embedding teacher and holds labelled single-sentence data; a probe
+    budget has --probe data to be measured on."""
+    transfer = loaded.profile.verify.transfer
+    budget = loaded.profile.verify.budgets.min_probe_retention
+    if probe is None:
+        if budget is not None and teacher.kind == "embedding" and transfer.probe is not None:
+            raise UsageError(
+                f"profile {loaded.name} has the budget min_probe_retention={budget}, which "
+                "needs labelled classification data for the linear probe",
+                where="--probe",
+                fix="pass --probe DIR (GLUE layout with sentence/label, e.g. "
+                "../shared/data/sst2), or --set verify.budgets.min_probe_retention=null",
+            )
+        return
+    if teacher.kind != "embedding":
+        raise UsageError(
+            f"--probe fits a linear probe on sentence embeddings, but {teacher.path} is a "
+            "classifier (its logits are its task)",
+            where=f"--probe {probe}",
+            fix="drop --probe for classifier teachers",
+        )
+    if transfer.probe is None:
+        raise UsageError(
+            "--probe was given but verify.transfer.probe is null (the probe is switched off)",
+            where=f"--probe {probe}",
+            fix="drop --probe, or remove the null from verify.transfer.probe",
+        )
+    load_probe(probe, transfer.probe)

@@ -18,6 +18,7 @@ from kdeploy.engine.digests import ArtifactIndex, FileHashes
 from kdeploy.engine.execute import RunState
 from kdeploy.engine.manifest import Manifest, load_manifest
 from kdeploy.engine.preflight import (
+    check_probe,
     check_profile_fit,
     check_stage_name,
     check_stage_range,
@@ -39,6 +40,7 @@ class RunRequest:
     data_dir: Path
     out_dir: Path | None = None
     unlabeled: Path | None = None
+    probe: Path | None = None  # labelled classification data for verify's linear probe
     force: bool = False
     from_stage: str | None = None
     until_stage: str | None = None
@@ -59,6 +61,7 @@ def run_pipeline(req: RunRequest, log: Callable[[str], None] = print) -> RunResu
     data = load_task_data(req.data_dir)
     check_task_fit(teacher, data)
     check_profile_fit(teacher, req.profile, data, req.unlabeled)
+    check_probe(teacher, req.profile, req.probe)
     run_dir = req.out_dir or default_run_dir(req.profile.name, req.model_dir)
     prepare_run_dir(run_dir)
     with locked(run_dir):
@@ -115,6 +118,8 @@ def _host_state(
         "path": str(req.data_dir.resolve()),
         "digest": state.index.digests["dataset"],
         "unlabeled": str(req.unlabeled) if req.unlabeled else None,
+        "probe": str(req.probe.resolve()) if req.probe else None,
+        "probe_digest": state.index.digests.get("probe_data"),
     }
     atomic_write_text(run_dir / "profile.yaml", dump_profile(profile))
     state.manifest.save(run_dir)
@@ -130,17 +135,21 @@ def _index_run_inputs(state: RunState, req: RunRequest, teacher: ModelInfo) -> N
         combine_digests(teacher_files),
         {teacher.path / rel: sha for rel, sha in teacher_files.items()},
     )
-    data_shas = {p: hashes.sha256(p) for p in data_files(req.data_dir)}
-    index.set(
-        "dataset",
-        req.data_dir,
-        combine_digests({p.name: sha for p, sha in data_shas.items()}),
-        data_shas,
-    )
+    _index_data_dir(state, "dataset", req.data_dir)
     if req.unlabeled is not None:
         src = unlabeled_file(req.unlabeled)
         sha = hashes.sha256(src)
         index.set("unlabeled_text", req.unlabeled, sha, {src: sha})
+    if req.probe is not None:
+        _index_data_dir(state, "probe_data", req.probe)
+
+
+def _index_data_dir(state: RunState, name: str, root: Path) -> str:
+    """A GLUE-layout folder as the run input ``name``: the digest of its TSV files."""
+    shas = {p: state.hashes.sha256(p) for p in data_files(root)}
+    digest = combine_digests({p.name: sha for p, sha in shas.items()})
+    state.index.set(name, root, digest, shas)
+    return digest
 
 
 def run_device_stages(
@@ -221,12 +230,20 @@ def _index_device_data(state: RunState, data_dir: Path | None) -> None:
             where=str(data),
             fix="pass --data DIR with the same data",
         )
-    data_shas = {p: state.hashes.sha256(p) for p in data_files(data)}
-    digest = combine_digests({p.name: sha for p, sha in data_shas.items()})
+    digest = _index_data_dir(state, "dataset", data)
     if state.manifest.data.get("digest") and digest != state.manifest.data["digest"]:
         raise DataError(
             f"{data} does not hold the data the run was started with (digest differs)",
             where=str(data),
             fix="pass --data with the run's data directory",
         )
-    state.index.set("dataset", data, digest, data_shas)
+    probe = state.manifest.data.get("probe")
+    # the host's probe data where it is also on this machine (same path, same digest);
+    # else verify measures no probe and says so
+    if (
+        probe
+        and Path(probe).is_dir()
+        and _index_data_dir(state, "probe_data", Path(probe))
+        != state.manifest.data.get("probe_digest")
+    ):
+        state.index.drop("probe_data")

@@ -68,11 +68,56 @@ def speedup_rows(budgets: Budgets, bench_models: dict, model: str) -> list[dict]
     ]
 
 
-def check_budgets(budgets: Budgets, results: dict, bench: dict | None, model: str) -> list[dict]:
+def transfer_rows(budgets: Budgets, transfer: dict | None, model: str) -> list[dict]:
+    """The neighbour-recall and probe budgets; none for classifiers (nothing to transfer:
+    a classifier's logits are its task). A budget whose figure was not measured fails."""
+    if transfer is not None and not transfer.get("applicable", False):
+        return []
+    rows_of = (transfer or {}).get("models", {})
+    mine = rows_of.get(model, {})
+    rows = []
+    nb = budgets.min_neighbour_recall
+    if nb is not None:
+        value = mine.get("neighbour_recall")
+        ref = rows_of.get(nb.over, {}).get("neighbour_recall")
+        limit = None if ref is None else nb.ratio * ref
+        rows.append(
+            _row(
+                "min_neighbour_recall",
+                nb.ratio if limit is None else round(limit, 6),
+                value,
+                value is not None and limit is not None and value >= limit,
+                f"{model} recall@k of teacher_fp32's neighbours >= {nb.ratio} x {nb.over}'s"
+                + ("" if limit is not None and value is not None else " (not measured)"),
+            )
+        )
+    if budgets.min_probe_retention is not None:
+        value = mine.get("probe_retention")
+        rows.append(
+            _row(
+                "min_probe_retention",
+                budgets.min_probe_retention,
+                value,
+                value is not None and value >= budgets.min_probe_retention,
+                f"{model} linear-probe accuracy / teacher_fp32's"
+                + ("" if value is not None else " (not measured: the run has no --probe data)"),
+            )
+        )
+    return rows
+
+
+def check_budgets(
+    budgets: Budgets,
+    results: dict,
+    bench: dict | None,
+    model: str,
+    transfer: dict | None = None,
+) -> list[dict]:
     """Every budget of the profile for ``model``: {name, limit, value, passed, detail}."""
     bench_models = (bench or {}).get("models", {})
     return (
         retention_rows(budgets, results, model)
         + latency_rows(budgets, bench_models, model)
         + speedup_rows(budgets, bench_models, model)
+        + transfer_rows(budgets, transfer, model)
     )

@@ -17,6 +17,7 @@ from kdeploy.config.settings import runner_settings
 from kdeploy.core.errors import DataError
 from kdeploy.data import Split, load_task_data
 from kdeploy.evaluation.budgets import check_budgets
+from kdeploy.evaluation.transfer_checks import transfer_checks
 from kdeploy.evaluation.variants import deploy_name
 from kdeploy.runtime.metrics import accuracy, cosine_rows, spearman
 from kdeploy.runtime.model import Classifier, Encoder, open_model
@@ -110,9 +111,14 @@ def verify_models(
     profile: Profile,
     bench: dict | None,
     log: Callable[[str], None] = print,
+    *,
+    probe_dir: Path | None = None,
+    kd_texts: Path | None = None,
 ) -> dict:
-    """Every model's metric on the profile's eval split, retention and the budgets of the
-    model the run deploys (``passed``: all of them held)."""
+    """Every model's metric on the profile's eval split, retention, the transfer checks
+    (embedding models: neighbour agreement, the linear probe on ``probe_dir``, which texts
+    were seen in training per ``kd_texts``) and the budgets of the model the run deploys
+    (``passed``: all of them held)."""
     cfg = profile.verify
     data = load_task_data(data_dir, need_train=False)
     split = data.eval_split(cfg.eval_split)
@@ -133,14 +139,26 @@ def verify_models(
     ref = results["teacher_fp32"]["value"]
     for r in results.values():
         r["retention"] = r["value"] / ref if ref else None
+    transfer = transfer_checks(
+        models,
+        split,
+        cfg.transfer,
+        probe_dir=probe_dir,
+        kd_texts=kd_texts,
+        threads=profile.target.threads,
+        batch_size=batch_size,
+        settings=settings,
+        log=log,
+    )
     deploy = deploy_name(models)
-    budgets = check_budgets(cfg.budgets, results, bench, deploy)
+    budgets = check_budgets(cfg.budgets, results, bench, deploy, transfer)
     return {
         "split": split.name,
         "task": data.task,
         "batch_size": batch_size,
         "deploy": deploy,
         "models": results,
+        "transfer": transfer,
         "budgets": budgets,
         "passed": all(b["passed"] for b in budgets),
     }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kdeploy.report.transfer import transfer_lines
+
 
 def layers_table(r: dict[str, Any]) -> list[str]:
     rows = r.get("layers") or []
@@ -155,6 +157,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     out += plots_lines(r)
     if (r.get("verify") or {}).get("budgets"):
         out += ["", "## Budgets", ""] + budgets_table(r["verify"])
+    out += transfer_lines(r.get("verify"))
     out += latency_grid_lines(r.get("bench"))
     out += distill_lines(r.get("distill"))
     out += export_lines(r.get("export"))

@@ -142,6 +142,7 @@ class Stage:
             kind,
             cap=d.max_train_texts,
             seed=d.seed,
+            sources=d.text_sources,
         )
 
     def kd_fine_tune(

@@ -1,21 +1,25 @@
 """distill: cut a student out of the teacher and train it to imitate the teacher.
 
-Trains on the texts of the train split only (plus an optional --unlabeled file);
-dev only picks the best epoch, test is never seen.
+Trains on the texts of the train split only (plus an optional --unlabeled file; or on the
+unlabeled texts alone, ``distill.text_sources``); dev only picks the best epoch, test is
+never seen. ``kd_texts.npy`` keeps a fingerprint of every training text, so that verify
+can say which of the texts it evaluates on the student was trained on.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from kdeploy.data import labelled_dev
+import numpy as np
+
+from kdeploy.data import item_texts, labelled_dev, text_fingerprints
 from kdeploy.stages.base import Stage, StageInputs, StageResult, maybe, need
 
 
 class Distill(Stage):
     name = "distill"
     consumes = (need("teacher_model"), need("dataset"), maybe("unlabeled_text"))
-    produces = ("student_model",)
+    produces = ("student_model", "kd_texts")
     tools = ("torch", "transformers", "safetensors")
 
     def enabled(self) -> bool:
@@ -61,6 +65,9 @@ class Distill(Stage):
             log=self.log,
         )
         remove_leftovers(out_dir)
+        kd_texts = out_dir / "kd_texts.npy"
+        np.save(kd_texts, text_fingerprints(item_texts(items)))
         return StageResult(
-            outputs={"student_model": outcome.student_dir}, metrics=outcome.metrics()
+            outputs={"student_model": outcome.student_dir, "kd_texts": kd_texts},
+            metrics={**outcome.metrics(), "text_sources": list(p.distill.text_sources)},
         )

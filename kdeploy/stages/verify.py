@@ -1,5 +1,7 @@
-"""verify: the task metric of every model on the eval split, retention vs the teacher, and
-the profile's budgets (``kdeploy.evaluation.verify``). Torch-free."""
+"""verify: the task metric of every model on the eval split, retention vs the teacher, the
+transfer checks of embedding models (neighbour agreement, the --probe linear probe, which
+texts were trained on) and the profile's budgets (``kdeploy.evaluation.verify``).
+Torch-free."""
 
 from __future__ import annotations
 
@@ -8,12 +10,25 @@ from pathlib import Path
 from kdeploy.core.fsutil import atomic_write_json, read_json
 from kdeploy.evaluation.variants import models_of
 from kdeploy.evaluation.verify import verify_models
-from kdeploy.stages.base import MODEL_INPUTS, Stage, StageInputs, StageResult, need
+from kdeploy.stages.base import (
+    MODEL_INPUTS,
+    Stage,
+    StageInputs,
+    StageResult,
+    maybe,
+    need,
+)
 
 
 class Verify(Stage):
     name = "verify"
-    consumes = (*MODEL_INPUTS, need("dataset"), need("bench"))
+    consumes = (
+        *MODEL_INPUTS,
+        need("dataset"),
+        need("bench"),
+        maybe("probe_data"),
+        maybe("kd_texts"),
+    )
     produces = ("verify",)
     tools = ("onnxruntime", "tokenizers", "numpy")
 
@@ -32,6 +47,8 @@ class Verify(Stage):
             self.profile,
             read_json(inputs["bench"]),
             log=self.log,
+            probe_dir=inputs.get("probe_data"),
+            kd_texts=inputs.get("kd_texts"),
         )
         for b in result["budgets"]:
             self.log(

@@ -90,6 +90,7 @@ def run_cell(
     log=lambda m: None,
     unlabeled: Path | None = None,
     progress: bool = False,
+    probe: Path | None = None,
 ):
     from kdeploy.api import RunRequest, run_pipeline
     from kdeploy.config import load_profile
@@ -114,6 +115,7 @@ def run_cell(
         out_dir=out,
         until_stage="verify",
         unlabeled=unlabeled,
+        probe=probe,
         options=RunOptions(progress=progress),
     )
     run_pipeline(req, log=log)  # budgets are cleared: no BudgetError
@@ -150,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="extra unlabeled texts for distillation, one per line (all cells)",
+    )
+    ap.add_argument(
+        "--probe",
+        type=Path,
+        default=None,
+        help="labelled classification data for verify's linear probe (embedding teachers), "
+        "e.g. ../shared/data/sst2",
     )
     ap.add_argument(
         "--tag",
@@ -205,6 +214,18 @@ def row_of(name, layers, ls, args, verify, bench, distill) -> dict:
         "best_epoch": distill.get("best_epoch"),
         "teacher_sps": bench["models"]["teacher_fp32"]["throughput"]["sentences_per_s"],
         "student_sps": bench["models"][deploy]["throughput"]["sentences_per_s"],
+        **transfer_cells(verify, deploy),
+    }
+
+
+def transfer_cells(verify: dict, deploy: str) -> dict:
+    """Neighbour recall@k and probe retention of the deployed student and of optimum's
+    INT8 teacher (None where not measured: classifiers, no --probe)."""
+    models = (verify.get("transfer") or {}).get("models", {})
+    return {
+        f"{key}_{who}": models.get(name, {}).get(key)
+        for who, name in (("student", deploy), ("teacher_int8", "teacher_int8"))
+        for key in ("neighbour_recall", "probe_retention")
     }
 
 
@@ -227,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
                     _logger(cell, args.verbose),
                     args.unlabeled,
                     progress=args.verbose,
+                    probe=args.probe if defaults == "minilm" else None,
                 )
                 rows.append(row_of(name, layers, ls, args, verify, bench, distill))
                 print(json.dumps(rows[-1]), flush=True)
@@ -251,8 +273,9 @@ def table(rows: list[dict]) -> str:
     lines = [
         "| teacher | layers | width (hidden/FFN) | losses | metric (split) | teacher | "
         "student fp32 | student int8 | retention fp32 | retention int8 | params (M) | "
-        "best epoch | train s | teacher fp32 sent/s | student int8 sent/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "best epoch | train s | teacher fp32 sent/s | student int8 sent/s | "
+        "recall@10 (teacher int8) | probe retention (teacher int8) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         int8 = r["student_int8"]
@@ -261,9 +284,18 @@ def table(rows: list[dict]) -> str:
             f"{r['metric']} ({r['split']}) | {r['teacher_value']:.2f} | {r['student_fp32']:.2f} | "
             f"{'-' if int8 is None else f'{int8:.2f}'} | {100 * r['retention_fp32']:.1f}% | "
             f"{100 * r['retention_int8']:.1f}% | {r['params_m']:.1f} | {r['best_epoch']} | "
-            f"{r['train_s']:.0f} | {r['teacher_sps']:.0f} | {r['student_sps']:.0f} |"
+            f"{r['train_s']:.0f} | {r['teacher_sps']:.0f} | {r['student_sps']:.0f} | "
+            f"{_pair(r, 'neighbour_recall')} | {_pair(r, 'probe_retention')} |"
         )
     return "\n".join(lines)
+
+
+def _pair(r: dict, key: str) -> str:
+    """'student (teacher int8)' as percentages, '-' where not measured."""
+    mine, base = r.get(f"{key}_student"), r.get(f"{key}_teacher_int8")
+    if mine is None:
+        return "-"
+    return f"{100 * mine:.1f}%" + ("" if base is None else f" ({100 * base:.1f}%)")
 
 
 if __name__ == "__main__":

@@ -151,14 +151,40 @@ def test_smoke_cpu_variants(tiny_run_copy, tmp_path):
     assert "| dyn-s8-pc |" in body and "| teacher optimum dyn-INT8 |" in body
 
 
-def test_smoke_distill_sweep(tiny_bert, stsb_small, tmp_path):
+def test_smoke_distill_sweep(tiny_bert, stsb_small, sst2_small, tmp_path):
     out = tmp_path / "R.md"
     sets = [x for o in TINY_OVERRIDES if not o.startswith("verify.") for x in ("--set", o)]
     argv = ["--model", str(tiny_bert), "--data", str(stsb_small), "--keeps", "0,3"]
     argv += ["--loss-sets", "emb", "--out", str(tmp_path / "sweep"), *sets]
+    argv += ["--probe", str(sst2_small)]
     bench_module("distill_sweep").main([*argv, "--write", "--results", str(out)])
     body = written(out, "distill_sweep", "distill_sweep")
-    assert "| model | [0, 3] |" in body
+    row = next(line for line in body.splitlines() if line.startswith("| model | [0, 3] |"))
+    # the transfer cells: the student's recall@10 and probe retention, optimum's beside them
+    assert re.search(r"\| \d+\.\d% \(\d+\.\d%\) \| \d+\.\d% \(\d+\.\d%\) \|$", row), row
+
+
+def test_smoke_transfer(tiny_bert, stsb_small, sst2_small, tmp_path):
+    out = tmp_path / "R.md"
+    sets = [x for o in TINY_OVERRIDES for x in ("--set", o)]
+    argv = ["--model", str(tiny_bert), "--data", str(stsb_small), "--probe", str(sst2_small)]
+    argv += ["--unlabeled", str(sst2_small), "--out", str(tmp_path / "shipped"), *sets]
+    bench_module("transfer").main([*argv, "--write", "--results", str(out)])
+    body = written(out, "transfer", "transfer")
+    rows = [
+        line
+        for line in body.splitlines()
+        if line.startswith("| shipped") or line.startswith("| cross-domain")
+    ]
+    assert [r.split(" | ")[1] for r in rows] == [
+        "teacher_fp32",
+        "teacher_int8",
+        "student_int8",
+        "student_int8",
+    ]
+    # the cross-domain student trained on none of the STS-B test texts
+    cross = rows[-1].split(" | ")
+    assert cross[8].startswith("0/") and (tmp_path / "shipped-xdomain" / "manifest.json").is_file()
 
 
 def test_smoke_slice_importance(tiny_bert, stsb_small, tmp_path):

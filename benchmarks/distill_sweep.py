@@ -38,6 +38,10 @@ LOSS_SETS = {
     "emb": {"embedding_mse": 1.0, "logit_kd": 0.0},
     "emb+cos": {"embedding_mse": 1.0, "embedding_cosine": 1.0, "logit_kd": 0.0},
     "emb+hidden": {"embedding_mse": 1.0, "hidden_mse": 1.0, "logit_kd": 0.0},
+    # issue 19: the similarity structure a vector index sees (in-batch cosine matrices), and
+    # InfoNCE against the teacher's embeddings; weights put each near embedding_mse's scale
+    "emb+sim": {"embedding_mse": 1.0, "similarity_mse": 10.0, "logit_kd": 0.0},
+    "emb+nce": {"embedding_mse": 1.0, "contrastive": 0.1, "logit_kd": 0.0},
     "emb+hidden+attn": {
         "embedding_mse": 1.0,
         "hidden_mse": 1.0,

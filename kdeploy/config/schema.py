@@ -135,6 +135,19 @@ class LossWeights(_Strict):
 
     embedding_mse: float = Field(default=1.0, ge=0, description="MSE of pooled embeddings.")
     embedding_cosine: float = Field(default=0.0, ge=0, description="1 - cosine of embeddings.")
+    similarity_mse: float = Field(
+        default=0.0,
+        ge=0,
+        description="MSE between the student's and the teacher's in-batch cosine-similarity "
+        "matrices (the structure a vector index sees; embedding teachers).",
+    )
+    contrastive: float = Field(
+        default=0.0,
+        ge=0,
+        description="InfoNCE against the teacher's embeddings: each student embedding must be "
+        "closest to its own teacher embedding among the batch's (contrastive pruning, "
+        "Xu et al. 2021; embedding teachers).",
+    )
     logit_kd: float = Field(
         default=1.0, ge=0, description="KL of softened class distributions (Hinton et al.)."
     )
@@ -159,7 +172,11 @@ class LossWeights(_Strict):
 
     def uses_embedding(self) -> bool:
         """An embedding loss is on (it compares pooled vectors of both models)."""
-        return self.embedding_mse > 0 or self.embedding_cosine > 0
+        return any(
+            w > 0
+            for w in (self.embedding_mse, self.embedding_cosine, self.similarity_mse,
+                      self.contrastive)
+        )  # fmt: skip
 
     def needs_teacher_online(self) -> bool:
         """Token-level losses need the teacher's inner states for every batch."""
@@ -188,6 +205,9 @@ class DistillConfig(_Strict):
     )
     seed: int = 42
     temperature: float = Field(default=2.0, gt=0, le=100, description="logit_kd temperature.")
+    contrastive_temperature: float = Field(
+        default=0.05, gt=0, le=10, description="Temperature of the contrastive loss's cosines."
+    )
     losses: LossWeights = LossWeights()
     layer_map: list[int] | None = Field(
         default=None,

@@ -3,6 +3,9 @@
 - embedding: MSE and cosine between pooled sentence embeddings (sentence-transformers'
   MSELoss distillation, Reimers & Gurevych 2020), through a learned linear projection when
   the student is narrower
+- similarity structure: MSE between the in-batch cosine-similarity matrices, and an InfoNCE
+  loss that makes each student embedding pick its own teacher embedding out of the batch's
+  (contrastive pruning, Xu et al. 2021): what a vector index sees, not each vector alone
 - logits: KL between temperature-softened distributions, scaled by T^2 (Hinton et al. 2015),
   and cross-entropy with gold labels where a row has one
 - hidden states: MSE between student layer i and teacher layer m(i), padding masked out,
@@ -27,6 +30,22 @@ def embedding_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 def embedding_cosine(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return (1 - F.cosine_similarity(student, teacher, dim=-1)).mean()
+
+
+def _cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
+
+
+def similarity_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """MSE between the [B, B] cosine-similarity matrices of student and teacher embeddings."""
+    return F.mse_loss(_cosines(student, student), _cosines(teacher, teacher))
+
+
+def contrastive(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE: row i of cos(student, teacher) / T must peak at column i (the batch's other
+    teacher embeddings are the negatives)."""
+    logits = _cosines(student, teacher) / temperature
+    return F.cross_entropy(logits, torch.arange(len(student), device=student.device))
 
 
 def logit_kd(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -123,6 +142,12 @@ def total_loss(
             parts["embedding_mse"] = w.embedding_mse * embedding_mse(pooled, target)
         if w.embedding_cosine > 0:
             parts["embedding_cosine"] = w.embedding_cosine * embedding_cosine(pooled, target)
+        if w.similarity_mse > 0:
+            parts["similarity_mse"] = w.similarity_mse * similarity_mse(pooled, target)
+        if w.contrastive > 0:
+            parts["contrastive"] = w.contrastive * contrastive(
+                pooled, target, cfg.contrastive_temperature
+            )
     else:
         if w.logit_kd > 0:
             parts["logit_kd"] = w.logit_kd * logit_kd(student.pooled, target, cfg.temperature)
@@ -152,7 +177,9 @@ def applicable_losses(cfg: DistillConfig, kind: str) -> list[str]:
     """Names of the enabled losses that apply to this kind of teacher."""
     w = cfg.losses
     own = (
-        ("embedding_mse", "embedding_cosine") if kind == "embedding" else ("logit_kd", "hard_label")
+        ("embedding_mse", "embedding_cosine", "similarity_mse", "contrastive")
+        if kind == "embedding"
+        else ("logit_kd", "hard_label")
     )
     names = [n for n in (*own, "hidden_mse", "attention_kl") if getattr(w, n) > 0]
     return names

@@ -122,8 +122,8 @@ def prepare_teacher(
     if not applicable_losses(cfg, info.kind):
         raise ModelError(
             f"none of the enabled distillation losses applies to a {info.kind} teacher",
-            fix="embedding teachers: embedding_mse/embedding_cosine; classifiers: logit_kd/"
-            "hard_label; both: hidden_mse/attention_kl",
+            fix="embedding teachers: embedding_mse/embedding_cosine/similarity_mse/contrastive; "
+            "classifiers: logit_kd/hard_label; both: hidden_mse/attention_kl",
         )
     want_attn = cfg.losses.attention_kl > 0
     tokenizer = load_tokenizer(info.path)

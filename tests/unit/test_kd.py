@@ -167,6 +167,30 @@ def test_embedding_losses_go_through_the_projection():
         kd.total_loss(kd.Outputs(pooled=student), "embedding", cfg, target=target, **args)
 
 
+def test_similarity_structure_losses():
+    """similarity_mse ignores scale but not the angles between rows; the contrastive loss is
+    low when each student row is closest to its own teacher row, high when rows are swapped."""
+    torch.manual_seed(0)
+    t = torch.randn(8, 16)
+    assert kd.similarity_mse(3.0 * t, t).item() == pytest.approx(0.0, abs=1e-6)
+    assert kd.similarity_mse(torch.randn(8, 16), t).item() > 0.01
+    rotated = t @ torch.linalg.qr(torch.randn(16, 16))[0]  # same structure, other vectors
+    assert kd.similarity_mse(rotated, t).item() == pytest.approx(0.0, abs=1e-5)
+    own = kd.contrastive(t, t, 0.05).item()
+    swapped = kd.contrastive(t.roll(1, 0), t, 0.05).item()
+    assert own < 0.01 and swapped > 5.0
+    cfg = DistillConfig(
+        losses={"embedding_mse": 0.0, "logit_kd": 0.0, "similarity_mse": 1.0, "contrastive": 1.0}
+    )
+    _, parts = kd.total_loss(
+        kd.Outputs(pooled=t), "embedding", cfg, target=t, teacher=None,
+        mask=torch.ones(8, 2), labels=None, layer_map=[],
+    )  # fmt: skip
+    assert set(parts) == {"similarity_mse", "contrastive"}
+    assert kd.applicable_losses(cfg, "embedding") == ["similarity_mse", "contrastive"]
+    assert kd.applicable_losses(cfg, "classification") == []
+
+
 def test_projections_start_as_the_slicing():
     from kdeploy.train.optimization import make_projections
 

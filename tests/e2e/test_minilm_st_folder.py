@@ -31,6 +31,8 @@ SHORT = [
     "verify.budgets.min_retention=0.01",
     "verify.budgets.min_speedup=null",
     "verify.budgets.max_latency=null",
+    "verify.budgets.min_neighbour_recall=null",
+    "verify.budgets.min_probe_retention=null",
 ]
 
 
@@ -72,7 +74,7 @@ def real_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("minilm") / RUN.name
     shutil.copytree(RUN, run, ignore=shutil.ignore_patterns(".lock"))
     data = json.loads((run / "manifest.json").read_text())["data"]
-    unlabeled = data.get("unlabeled")
+    unlabeled, probe = data.get("unlabeled"), data.get("probe")
     result = run_pipeline(
         RunRequest(
             profile=load_profile("cpu-int8"),
@@ -80,6 +82,7 @@ def real_run(tmp_path_factory) -> Path:
             data_dir=Path(data["path"]),
             out_dir=run,
             unlabeled=(ROOT / unlabeled).resolve() if unlabeled else None,
+            probe=(ROOT / probe).resolve() if probe else None,
             options=RunOptions(progress=False),
         ),
         log=lambda m: None,

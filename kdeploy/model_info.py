@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdeploy.core.errors import ModelError
+from kdeploy.families import SUPPORTED_MODEL_TYPES, Family, family_of
 
-# Encoder families whose layers live in ``<base>.encoder.layer`` and that optimum exports.
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
+__all__ = ["SUPPORTED_MODEL_TYPES", "ModelInfo", "inspect_model"]
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -31,10 +31,20 @@ class ModelInfo:
     safetensors: bool
     sentence_transformers: bool
     max_seq_length: int
+    inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
+    # ModernBERT: global attention on layers whose index % this == 0 (None: all global)
+    attention_period: int | None = None
 
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def family(self) -> Family:
+        """The family description (layers, shared modules, graph inputs, FFN names)."""
+        family = family_of(self.model_type)
+        assert family is not None  # inspect_model refuses unsupported types
+        return family
 
     @property
     def head_dim(self) -> int:
@@ -65,29 +75,32 @@ def inspect_model(
     cfg_path = _config_path(path)
     cfg = _read_json(cfg_path)
     _refuse_remote_code(path, cfg, cfg_path, trust_remote_code)
-    model_type = _supported_model_type(cfg, cfg_path)
+    family = _supported_family(cfg, cfg_path)
+    keys = family.keys
     safetensors = _has_safe_weights(path, allow_pickle)
     archs = list(cfg.get("architectures") or [])
     kind = _kind(archs, task)
     st = (path / "modules.json").is_file()
     pooling, normalize = _sentence_transformers_head(path) if st else ("mean", False)
-    max_seq_length = _max_seq_length(path, cfg)
+    max_seq_length = _max_seq_length(path, cfg, family)
     return ModelInfo(
         path=path,
-        model_type=model_type,
+        model_type=str(cfg["model_type"]),
         architectures=archs,
         kind=kind,
-        num_layers=int(cfg.get("num_hidden_layers", 0)),
-        hidden_size=int(cfg.get("hidden_size", 0)),
-        num_heads=int(cfg.get("num_attention_heads", 0)),
-        intermediate_size=int(cfg.get("intermediate_size", 0)),
-        max_positions=int(cfg.get("max_position_embeddings", 512)),
+        num_layers=int(cfg.get(keys.layers, 0)),
+        hidden_size=int(cfg.get(keys.hidden, 0)),
+        num_heads=int(cfg.get(keys.heads, 0)),
+        intermediate_size=int(cfg.get(keys.ffn, 0)),
+        max_positions=int(cfg.get(keys.positions, 512)),
         pooling=pooling,
         normalize=normalize,
         num_labels=_num_labels(cfg) if kind == "classification" else None,
         safetensors=safetensors,
         sentence_transformers=st,
         max_seq_length=max_seq_length,
+        inputs=family.graph_inputs(cfg),
+        attention_period=_attention_period(cfg, family),
     )
 
 
@@ -126,16 +139,18 @@ def _refuse_remote_code(path: Path, cfg: dict, cfg_path: Path, trust_remote_code
         )
 
 
-def _supported_model_type(cfg: dict, cfg_path: Path) -> str:
+def _supported_family(cfg: dict, cfg_path: Path) -> Family:
+    """The family of the config's model_type; one error naming the supported ones if none."""
     model_type = cfg.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    family = family_of(model_type)
+    if family is None:
         archs = ", ".join(cfg.get("architectures") or [])
         raise ModelError(
             f"unsupported architecture '{model_type}' ({archs})",
             where=str(cfg_path),
             fix=f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}",
         )
-    return model_type
+    return family
 
 
 def _has_safe_weights(path: Path, allow_pickle: bool) -> bool:
@@ -194,13 +209,20 @@ def _pooling_mode(pcfg: Path) -> str | None:
     return None
 
 
-def _max_seq_length(path: Path, cfg: dict) -> int:
+def _max_seq_length(path: Path, cfg: dict, family: Family) -> int:
     """sentence-transformers' max_seq_length when set, else the positions (at most 512)."""
-    max_seq_length = min(int(cfg.get("max_position_embeddings", 512)), 512)
+    max_seq_length = family.max_tokens(cfg)
     sbert = path / "sentence_bert_config.json"
     if sbert.is_file():
         max_seq_length = int(_read_json(sbert).get("max_seq_length") or max_seq_length)
     return max_seq_length
+
+
+def _attention_period(cfg: dict, family: Family) -> int | None:
+    """ModernBERT's global_attn_every_n_layers; None for families without the pattern."""
+    if family.pattern is None or cfg.get(family.pattern.config_key) is None:
+        return None
+    return int(cfg[family.pattern.config_key])
 
 
 def _num_labels(cfg: dict) -> int:

@@ -132,7 +132,7 @@ def distill(
         record=record,
         kept_layers=keep,
         hidden_size=student.config.hidden_size,
-        intermediate_size=student.config.intermediate_size,
+        intermediate_size=int(getattr(student.config, info.family.keys.ffn)),
         student_params=sum(p.numel() for p in student.parameters()),
         teacher_params=teacher.params,
     )

@@ -63,6 +63,9 @@ class Family:
     # names (last part) of the LayerNorms on the residual stream (hidden-dim importance)
     norms: tuple[str, ...] = ("LayerNorm",)
     pattern: AttentionPattern | None = None
+    # head Linears (glob) besides the profile's ``*classifier*`` / ``*pooler*``: kept dense
+    # by sparsify and float by QAT like those (ModernBERT's pooling head ``head.dense``)
+    head: tuple[str, ...] = ()
     # positions are counted from pad_token_id + 1 (RoBERTa, MPNet): that many fewer tokens fit
     position_offset: bool = False
     losses: str = "all"  # which KD losses apply (documentation; every family takes all)
@@ -152,6 +155,7 @@ FAMILIES: tuple[Family, ...] = (
         ffn_out="mlp.Wo",
         glu=True,
         norms=("norm", "attn_norm", "mlp_norm", "final_norm"),
+        head=("head.dense", "*.head.dense"),
         pattern=AttentionPattern(),
     ),
 )

@@ -70,8 +70,13 @@ class Family:
     position_offset: bool = False
     losses: str = "all"  # which KD losses apply (documentation; every family takes all)
 
-    def graph_inputs(self, config: dict) -> tuple[str, ...]:
-        """The inputs optimum's export of a model with this config.json takes."""
+    def graph_inputs(self, config: dict, kind: str = "classification") -> tuple[str, ...]:
+        """The inputs optimum's export of a model with this config.json takes: embedding
+        models are exported as sentence-transformers pipelines, which take input_ids and
+        attention_mask whatever the family; classifiers take the family's inputs (the
+        transformers model's, ``kind`` "classification", also what the tokenizer returns)."""
+        if kind == "embedding":
+            return INPUTS
         types = self.token_types
         if types is None:
             types = int(config.get("type_vocab_size", 0) or 0) > 0

@@ -31,6 +31,7 @@ class ModelInfo:
     safetensors: bool
     sentence_transformers: bool
     max_seq_length: int
+    # what the exported graph takes (Family.graph_inputs; checked after export)
     inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
     # ModernBERT: global attention on layers whose index % this == 0 (None: all global)
     attention_period: int | None = None
@@ -99,7 +100,7 @@ def inspect_model(
         safetensors=safetensors,
         sentence_transformers=st,
         max_seq_length=max_seq_length,
-        inputs=family.graph_inputs(cfg),
+        inputs=family.graph_inputs(cfg, kind),
         attention_period=_attention_period(cfg, family),
     )
 
@@ -182,9 +183,17 @@ def _kind(archs: list[str], task: str) -> str:
     return "classification" if is_classifier else "embedding"
 
 
+# sentence-transformers modules kdeploy distils and exports (the whole pipeline is in the
+# ONNX graph, sentence_embedding its output): Transformer, then Pooling (mean or CLS), then
+# optionally Dense layers and Normalize
+ST_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
+
+
 def _sentence_transformers_head(path: Path) -> tuple[str, bool]:
-    """(pooling, normalize) from a sentence-transformers model's modules.json."""
+    """(pooling, normalize) from a sentence-transformers model's modules.json; one error
+    naming any module kdeploy does not handle."""
     modules = _read_json(path / "modules.json")
+    _check_st_modules(path, [str(m.get("type", "")) for m in modules])
     normalize = any(str(m.get("type", "")).endswith("Normalize") for m in modules)
     pooling = "mean"
     for m in modules:
@@ -195,27 +204,77 @@ def _sentence_transformers_head(path: Path) -> tuple[str, bool]:
     return pooling, normalize
 
 
-def _pooling_mode(pcfg: Path) -> str | None:
-    """The pooling of a Pooling module's config: "cls", or None for mean; others refused."""
-    p = _read_json(pcfg)
-    if p.get("pooling_mode_cls_token"):
-        return "cls"
-    if not p.get("pooling_mode_mean_tokens", True):
+def _check_st_modules(path: Path, types: list[str]) -> None:
+    """Transformer, Pooling, Dense*, Normalize? in this order, else a ModelError."""
+    names = [t.rsplit(".", 1)[-1] for t in types]
+    unknown = [t for t, n in zip(types, names, strict=True) if n not in ST_MODULES]
+    if unknown:
         raise ModelError(
-            f"pooling mode in {pcfg} is not supported (mean and cls are)",
+            f"{path} is a sentence-transformers model with modules kdeploy does not handle: "
+            f"{', '.join(unknown)}",
+            where=str(path / "modules.json"),
+            fix=f"kdeploy exports pipelines of {', '.join(ST_MODULES)} modules (in that order)",
+        )
+    rank = [ST_MODULES.index(n) for n in names]
+    if (
+        names[:2] != ["Transformer", "Pooling"]
+        or rank != sorted(rank)
+        or names.count("Normalize") > 1
+    ):
+        raise ModelError(
+            f"{path}: sentence-transformers modules {' -> '.join(names)} are not "
+            "Transformer -> Pooling [-> Dense ...] [-> Normalize]",
+            where=str(path / "modules.json"),
+            fix="kdeploy exports that pipeline only",
+        )
+
+
+# sentence-transformers < 5.7 saves one bool per mode; 5.7 saves ``pooling_mode`` (a mode
+# or a list of modes, concatenated)
+LEGACY_POOLING = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+
+def _pooling_mode(pcfg: Path) -> str | None:
+    """The pooling of a Pooling module's config: "cls", or None for mean; any other mode
+    or a combination (sentence-transformers concatenates them) refused."""
+    p = _read_json(pcfg)
+    if "pooling_mode" in p:
+        mode = p["pooling_mode"]
+        modes = [mode] if isinstance(mode, str) else list(mode)
+    else:
+        modes = [m for k, m in LEGACY_POOLING.items() if p.get(k)]
+        modes = modes if any(k in p for k in LEGACY_POOLING) else ["mean"]
+    if modes not in (["mean"], ["cls"]):
+        raise ModelError(
+            f"pooling {' + '.join(modes) or 'none'} in {pcfg} is not supported "
+            "(mean or cls, one of them)",
             where=str(pcfg),
             fix="use a teacher with mean or CLS pooling",
         )
-    return None
+    return "cls" if modes == ["cls"] else None
 
 
 def _max_seq_length(path: Path, cfg: dict, family: Family) -> int:
-    """sentence-transformers' max_seq_length when set, else the positions (at most 512)."""
-    max_seq_length = family.max_tokens(cfg)
+    """A sentence-transformers model's max_seq_length (sentence_bert_config.json; from 5.7 on
+    the tokenizer's model_max_length, which sentence-transformers reads instead) when set,
+    else the positions (at most 512); never more than the positions."""
+    limit = family.max_tokens(cfg)
     sbert = path / "sentence_bert_config.json"
-    if sbert.is_file():
-        max_seq_length = int(_read_json(sbert).get("max_seq_length") or max_seq_length)
-    return max_seq_length
+    if not sbert.is_file():
+        return limit
+    value = _read_json(sbert).get("max_seq_length")
+    tok_cfg = path / "tokenizer_config.json"
+    if value is None and tok_cfg.is_file():
+        value = _read_json(tok_cfg).get("model_max_length")
+        value = value if isinstance(value, int) and value < 1_000_000 else None  # unset: 1e30
+    return min(int(value), limit) if value else limit
 
 
 def _attention_period(cfg: dict, family: Family) -> int | None:

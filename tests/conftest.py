@@ -245,6 +245,25 @@ def build_tiny_family(
     return out_dir
 
 
+def build_tiny_st(
+    out_dir: Path, model_type: str, *, pooling: str = "cls", dense: int | None = 24
+) -> Path:
+    """A sentence-transformers folder around a tiny ``model_type`` model: Transformer,
+    ``pooling`` Pooling, a Dense layer to ``dense`` dims (tanh) when given, Normalize."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+
+    hf = build_tiny_family(out_dir.with_name(out_dir.name + "-hf"), model_type)
+    torch.manual_seed(1)
+    first = models.Transformer(str(hf), max_seq_length=48)
+    mods = [first, models.Pooling(first.get_word_embedding_dimension(), pooling_mode=pooling)]
+    if dense:
+        mods.append(models.Dense(first.get_word_embedding_dimension(), dense))
+    mods.append(models.Normalize())
+    SentenceTransformer(modules=mods, device="cpu").save(str(out_dir), safe_serialization=True)
+    return out_dir
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert") / "model")

@@ -96,18 +96,22 @@ def fuse_transformer(src: Path, dst: Path, config_json: Path) -> dict:
     """ONNX Runtime's transformer optimizer for BERT graphs: attention (one packed QKV
     ``Attention`` contrib op), SkipLayerNormalization, BiasGelu/FastGelu, embedding
     LayerNorm fusions. The result uses com.microsoft ops: ONNX Runtime only. Returns the
-    fused op counts (for the report)."""
+    fused op counts (for the report). Other families' graphs go through the same pattern
+    matcher: what matches BERT's patterns is fused, the rest is left as it is."""
     import json
 
     from onnxruntime.transformers.optimizer import optimize_model
 
+    from kdeploy.families import family_of
+
     cfg = json.loads(config_json.read_text())
+    keys = family_of(cfg.get("model_type")).keys  # type: ignore[union-attr]
     with contextlib.redirect_stdout(io.StringIO()):
         model = optimize_model(
             str(src),
             model_type="bert",
-            num_heads=int(cfg["num_attention_heads"]),
-            hidden_size=int(cfg["hidden_size"]),
+            num_heads=int(cfg[keys.heads]),
+            hidden_size=int(cfg[keys.hidden]),
             opt_level=1,
         )
     model.save_model_to_file(str(dst))

@@ -110,7 +110,7 @@ BERT_ROLES: tuple[tuple[str, tuple[str, ...]], ...] = (
 FAMILIES: tuple[Family, ...] = (
     Family(
         name="BERT",
-        model_types=("bert", "electra"),
+        model_types=("bert",),
         layers="encoder.layer",
         slice_roles=BERT_ROLES,
     ),
@@ -121,6 +121,12 @@ FAMILIES: tuple[Family, ...] = (
         token_types=False,
         slice_roles=BERT_ROLES,
         position_offset=True,
+    ),
+    Family(
+        name="ELECTRA",
+        model_types=("electra",),
+        layers="encoder.layer",
+        slice_roles=BERT_ROLES,
     ),
     Family(
         name="MPNet",

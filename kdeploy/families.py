@@ -63,6 +63,10 @@ class Family:
     # names (last part) of the LayerNorms on the residual stream (hidden-dim importance)
     norms: tuple[str, ...] = ("LayerNorm",)
     pattern: AttentionPattern | None = None
+    # module scopes whose own ONNX nodes compute positions (MPNet's relative position
+    # buckets: Log, Div, Min, Cast to int64): static INT8 leaves them float, since Q/DQ on
+    # them turns bucket indices into garbage
+    float_scopes: tuple[str, ...] = ()
     # head Linears (glob) besides the profile's ``*classifier*`` / ``*pooler*``: kept dense
     # by sparsify and float by QAT like those (ModernBERT's pooling head ``head.dense``)
     head: tuple[str, ...] = ()
@@ -136,6 +140,7 @@ FAMILIES: tuple[Family, ...] = (
         token_types=False,
         attn_out="attention.attn.o",
         position_offset=True,
+        float_scopes=("encoder", "encoder/relative_attention_bias"),
     ),
     Family(
         name="DistilBERT",

@@ -136,7 +136,8 @@ def _run_quantizer(cfg, src, dst, src_dir, calibration_texts, qtype, extra) -> N
             extra_options=extra,
         )
     else:
-        inputs = [i.name for i in onnx.load(str(src), load_external_data=False).graph.input]
+        graph = onnx.load(str(src), load_external_data=False).graph
+        inputs = [i.name for i in graph.input]
         reader = _TextCalibration(src_dir, calibration_texts, inputs)
         quantize_static(
             src,
@@ -148,8 +149,25 @@ def _run_quantizer(cfg, src, dst, src_dir, calibration_texts, qtype, extra) -> N
             per_channel=cfg.per_channel,
             op_types_to_quantize=cfg.op_types,
             calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=float_nodes(graph, src_dir / "config.json"),
             extra_options={**extra, "ActivationSymmetric": cfg.activation_type == "int8"},
         )
+
+
+def float_nodes(graph, config_json: Path) -> list[str]:
+    """Nodes static quantization leaves float: those directly in one of the family's
+    ``float_scopes`` (optimum names nodes ``/<module path>/<op>``)."""
+    import json
+
+    from kdeploy.families import family_of
+
+    family = family_of(json.loads(config_json.read_text()).get("model_type"))
+    scopes = family.float_scopes if family is not None else ()
+    return [
+        n.name
+        for n in graph.node
+        if any(n.name.rsplit("/", 1)[0].endswith("/" + s) for s in scopes)
+    ]
 
 
 def optimum_isa_config():

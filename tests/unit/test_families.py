@@ -342,3 +342,25 @@ def test_sentence_transformers_modules_kdeploy_does_not_handle(
     (path / "modules.json").write_text(json.dumps(entries))
     with pytest.raises(ModelError, match=match):
         inspect_model(path)
+
+
+@pytest.mark.parametrize("model_type", FAMILY_TYPES)
+def test_static_int8(family_dirs, stsb_small, tmp_path, model_type):
+    """ONNX Runtime's static Q/DQ INT8 on every family. MPNet's relative-position bucket
+    nodes stay float (``Family.float_scopes``): quantized, their int64 bucket indices were
+    garbage and ONNX Runtime refused the Gather."""
+    import onnx
+
+    from kdeploy.train.quantize import float_nodes
+
+    run = tmp_path / "run"
+    static = ["quantize.method=static", "quantize.format=qdq", "quantize.calibration_texts=64"]
+    _run(
+        family_dirs[model_type], stsb_small, run, [*TINY_OVERRIDES, *static], until_stage="quantize"
+    )
+    q = load_manifest(run).stages["quantize"].metrics
+    assert q["student"]["method"] == "static" and q["student_hidden"]["identical"]
+    src = run / "export" / "student"
+    kept = float_nodes(onnx.load(str(src / "model.onnx")).graph, src / "config.json")
+    assert bool(kept) == (model_type == "mpnet")
+    assert all("/layer." not in n for n in kept)

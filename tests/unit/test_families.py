@@ -364,3 +364,11 @@ def test_static_int8(family_dirs, stsb_small, tmp_path, model_type):
     kept = float_nodes(onnx.load(str(src / "model.onnx")).graph, src / "config.json")
     assert bool(kept) == (model_type == "mpnet")
     assert all("/layer." not in n for n in kept)
+
+
+def test_narrower_hidden_width_is_refused_before_any_stage(family_dirs, stsb_small, tmp_path):
+    from kdeploy.core.errors import ProfileError
+
+    with pytest.raises(ProfileError, match="slices only the feed-forward width of DistilBERT"):
+        _run(family_dirs["distilbert"], stsb_small, tmp_path / "r", ["student.hidden_size=16"])
+    assert not (tmp_path / "r" / "distill").exists()

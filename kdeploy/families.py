@@ -58,7 +58,8 @@ class Family:
     ffn_out: str = "output.dense"
     glu: bool = False  # ffn_in writes [value; gate], 2 x intermediate_size rows
     # per-dim roles of a layer's weights for hidden/head slicing, or None: only the
-    # feed-forward width can be sliced (the attention layout is not BERT's)
+    # feed-forward width can be sliced (MPNet: its relative attention bias, shared by all
+    # layers, has one column per head, so heads cannot be chosen per layer)
     slice_roles: tuple[tuple[str, tuple[str, ...]], ...] | None = None
     # names (last part) of the LayerNorms on the residual stream (hidden-dim importance)
     norms: tuple[str, ...] = ("LayerNorm",)
@@ -111,6 +112,30 @@ BERT_ROLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (".output.dense.", ("hidden", "ffn")),
 )
 
+DISTILBERT_ROLES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (".attention.q_lin.", ("heads", "hidden")),
+    (".attention.k_lin.", ("heads", "hidden")),
+    (".attention.v_lin.", ("heads", "hidden")),
+    (".attention.out_lin.", ("hidden", "heads")),
+    (".ffn.lin1.", ("ffn", "hidden")),
+    (".ffn.lin2.", ("hidden", "ffn")),
+)
+DEBERTA_ROLES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (".attention.self.query_proj.", ("heads", "hidden")),
+    (".attention.self.key_proj.", ("heads", "hidden")),
+    (".attention.self.value_proj.", ("heads", "hidden")),
+    (".attention.output.dense.", ("hidden", "heads")),
+    (".intermediate.dense.", ("ffn", "hidden")),
+    (".output.dense.", ("hidden", "ffn")),
+)
+# Wqkv's rows are [q; k; v], each heads x head_dim ("qkv_heads"); Wi's are [value; gate]
+MODERNBERT_ROLES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (".attn.Wqkv.", ("qkv_heads", "hidden")),
+    (".attn.Wo.", ("hidden", "heads")),
+    (".mlp.Wi.", ("ffn_glu", "hidden")),
+    (".mlp.Wo.", ("hidden", "ffn")),
+)
+
 FAMILIES: tuple[Family, ...] = (
     Family(
         name="BERT",
@@ -151,6 +176,7 @@ FAMILIES: tuple[Family, ...] = (
         attn_out="attention.out_lin",
         ffn_in="ffn.lin1",
         ffn_out="ffn.lin2",
+        slice_roles=DISTILBERT_ROLES,
         norms=("LayerNorm", "sa_layer_norm", "output_layer_norm"),
     ),
     Family(
@@ -159,6 +185,7 @@ FAMILIES: tuple[Family, ...] = (
         layers="encoder.layer",
         shared=("encoder.rel_embeddings", "encoder.LayerNorm"),
         token_types=None,
+        slice_roles=DEBERTA_ROLES,
     ),
     Family(
         name="ModernBERT",
@@ -170,6 +197,7 @@ FAMILIES: tuple[Family, ...] = (
         ffn_in="mlp.Wi",
         ffn_out="mlp.Wo",
         glu=True,
+        slice_roles=MODERNBERT_ROLES,
         norms=("norm", "attn_norm", "mlp_norm", "final_norm"),
         head=("head.dense", "*.head.dense"),
         pattern=AttentionPattern(),

@@ -265,6 +265,14 @@ def _indices(plan: WidthPlan, role: str, name: str, size: int, family: Family) -
     if role == "ffn_glu":  # rows [value; gate]: neuron j is row j and row size/2 + j
         kept = plan.ffn[layer]
         return torch.cat([kept, kept + size // 2])
+    if role == "qkv_heads":  # rows [q; k; v]: the kept heads' rows in each third
+        heads = _head_rows(plan, layer)
+        return torch.cat([heads + k * (size // 3) for k in range(3)])
+    return _head_rows(plan, layer)
+
+
+def _head_rows(plan: WidthPlan, layer: int) -> torch.Tensor:
+    """The rows (or columns) of the kept heads of ``layer``, head_dim each."""
     heads = plan.heads[layer]
     return (heads[:, None] * plan.head_dim + torch.arange(plan.head_dim)).reshape(-1)
 

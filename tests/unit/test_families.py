@@ -132,29 +132,47 @@ def test_keeping_every_layer_reproduces_the_teacher_exactly(family_dirs, model_t
 
 
 @pytest.mark.parametrize("model_type", FAMILY_TYPES)
-def test_feed_forward_slicing(family_dirs, model_type):
+def test_width_slicing(family_dirs, model_type, tmp_path):
     """At full width the sliced student is the teacher; at 48 of 64 neurons every layer's
-    feed-forward block is narrower and the config says so (DistilBERT: hidden_dim).
-    A narrower hidden width is refused with the reason."""
+    feed-forward block is narrower and the config says so (DistilBERT: hidden_dim). A
+    hidden width of 16 (2 of 4 heads) where the family's layout allows it (not MPNet: its
+    relative attention bias is shared by all layers, one column per head), refused where not;
+    a narrow student reloads to the same outputs."""
+    from transformers import AutoModel
+
     from kdeploy.train.layers import cut_layers
     from kdeploy.train.width import slice_model, width_plan
 
     info, model, tok = _load(family_dirs[model_type])
+    fam = info.family
     batch = _batch(tok)
     cut = cut_layers(model, [0, 3])
     with torch.no_grad():
-        same = slice_model(cut, width_plan(cut, None, None, [batch]))
+        same = slice_model(cut, width_plan(cut, 32, None, [batch]))
         assert torch.equal(same(**batch).last_hidden_state, cut(**batch).last_hidden_state)
         narrow = slice_model(cut, width_plan(cut, None, 48, [batch]))
         assert narrow(**batch).last_hidden_state.shape == (*batch["input_ids"].shape, 32)
-    fam = info.family
     assert getattr(narrow.config, fam.keys.ffn) == 48
     for layer in narrow.base_model.get_submodule(fam.layers):
         assert layer.get_submodule(fam.ffn_out).in_features == 48
         rows = layer.get_submodule(fam.ffn_in).out_features
         assert rows == (96 if fam.glu else 48)
-    with pytest.raises(ModelError, match="slices only the feed-forward width"):
-        width_plan(cut, 16, None, [batch])
+    if fam.slice_roles is None:
+        with pytest.raises(ModelError, match="slices only the feed-forward width"):
+            width_plan(cut, 16, None, [batch])
+        return
+    plan = width_plan(cut, 16, 48, [batch])
+    thin = slice_model(cut, plan)
+    thin.save_pretrained(str(tmp_path / "thin"), safe_serialization=True)
+    loaded = AutoModel.from_pretrained(str(tmp_path / "thin"), attn_implementation="eager")
+    with torch.no_grad():
+        out = thin(**batch, output_attentions=True)
+        assert out.last_hidden_state.shape[-1] == 16 and out.attentions[0].shape[1] == 2
+        assert torch.equal(loaded.eval()(**batch).last_hidden_state, out.last_hidden_state)
+    if model_type == "modernbert":  # Wqkv: the kept heads' rows of q, k and v, kept columns
+        w = cut.base_model.layers[1].attn.Wqkv.weight.view(3, 4, 8, 32)
+        want = w[:, plan.heads[1]][..., plan.hidden].reshape(3 * 16, 16)
+        assert torch.equal(thin.base_model.layers[1].attn.Wqkv.weight, want)
 
 
 def test_modernbert_layer_roles(family_dirs):
@@ -227,18 +245,26 @@ def _graph_inputs(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("model_type", FAMILY_TYPES)
 def test_tiny_pipeline_every_stage(family_dirs, stsb_small, tmp_path, model_type):
-    """distill (3/4 FFN, embedding + hidden-state + attention KD) -> 2:4 sparsify -> export
-    -> QAT INT8 -> bench -> verify -> package, then serve-check replays the package."""
+    """distill (3/4 FFN, hidden width 16 where the family allows it; embedding + hidden-state
+    + attention KD) -> 2:4 sparsify -> export -> QAT INT8 -> bench -> verify -> package,
+    then serve-check replays the package."""
     from kdeploy.onnxtools.layers import gemm_layers
     from kdeploy.onnxtools.qdq_lint import lint_qdq
     from kdeploy.packaging.triton_check import load_config
 
     run = tmp_path / "run"
-    _run(family_dirs[model_type], stsb_small, run, ALL_STAGES)
+    thin = family_of(model_type).slice_roles is not None  # hidden 16: KD through projections
+    _run(
+        family_dirs[model_type],
+        stsb_small,
+        run,
+        [*ALL_STAGES, *(["student.hidden_size=16"] if thin else [])],
+    )
     m = load_manifest(run)
     assert list(m.stages) == STAGES
     d = m.stages["distill"].metrics
     assert d["intermediate_size"] == 48 and len(d["kept_layers"]) == 2
+    assert d["hidden_size"] == (16 if thin else 32)
     assert set(d["losses"]) == {"embedding_mse", "hidden_mse", "attention_kl"}
     if model_type == "modernbert":  # teacher layers 0 and 3 both attend globally
         assert d["kept_layers"] == [0, 3] and d["global_attention_layers"] == [0, 1]
@@ -369,6 +395,6 @@ def test_static_int8(family_dirs, stsb_small, tmp_path, model_type):
 def test_narrower_hidden_width_is_refused_before_any_stage(family_dirs, stsb_small, tmp_path):
     from kdeploy.core.errors import ProfileError
 
-    with pytest.raises(ProfileError, match="slices only the feed-forward width of DistilBERT"):
-        _run(family_dirs["distilbert"], stsb_small, tmp_path / "r", ["student.hidden_size=16"])
+    with pytest.raises(ProfileError, match="slices only the feed-forward width of MPNet"):
+        _run(family_dirs["mpnet"], stsb_small, tmp_path / "r", ["student.hidden_size=16"])
     assert not (tmp_path / "r" / "distill").exists()

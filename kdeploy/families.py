@@ -61,6 +61,7 @@ class Family:
     # feed-forward width can be sliced (MPNet: its relative attention bias, shared by all
     # layers, has one column per head, so heads cannot be chosen per layer)
     slice_roles: tuple[tuple[str, tuple[str, ...]], ...] | None = None
+    why_no_hidden_slicing: str = ""  # said when a narrower hidden width is refused
     # names (last part) of the LayerNorms on the residual stream (hidden-dim importance)
     norms: tuple[str, ...] = ("LayerNorm",)
     pattern: AttentionPattern | None = None
@@ -164,6 +165,8 @@ FAMILIES: tuple[Family, ...] = (
         shared=("encoder.relative_attention_bias",),
         token_types=False,
         attn_out="attention.attn.o",
+        why_no_hidden_slicing="heads are chosen per layer, and its relative attention bias, "
+        "shared by all layers, has one column per head",
         position_offset=True,
         float_scopes=("encoder", "encoder/relative_attention_bias"),
     ),

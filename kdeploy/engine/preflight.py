@@ -92,8 +92,7 @@ def check_student_width(teacher: ModelInfo, loaded: LoadedProfile) -> None:
         problem = (
             "student.hidden_size",
             f"student.hidden_size {st.hidden_size}: kdeploy slices only the feed-forward "
-            f"width of {teacher.family.name} students (its attention is not laid out like "
-            "BERT's)",
+            f"width of {teacher.family.name} students ({teacher.family.why_no_hidden_slicing})",
             "leave student.hidden_size unset (null); student.intermediate_fraction still "
             "narrows the feed-forward block",
         )

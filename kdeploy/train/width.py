@@ -225,7 +225,7 @@ def width_plan(
     if family.slice_roles is None and hidden_size not in (None, cfg.hidden_size):
         raise ModelError(
             f"student.hidden_size {hidden_size}: kdeploy slices only the feed-forward width "
-            f"of {family.name} students (its attention is not laid out like BERT's)",
+            f"of {family.name} students ({family.why_no_hidden_slicing})",
             fix="set student.hidden_size: null; student.intermediate_size or "
             "student.intermediate_fraction still narrow the feed-forward block",
         )

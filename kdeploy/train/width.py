@@ -65,12 +65,19 @@ class WidthPlan:
 
 
 def _layer_linears(layer: torch.nn.Module, family: Family = BERT) -> dict[str, torch.nn.Linear]:
-    """The Linears of one encoder layer whose inputs importance is measured on, by role."""
-    return {
+    """The Linears of one encoder layer by role: the attention output and the feed-forward
+    block (every family), and BERT's query/key/value (what benchmarks/slice_importance.py's
+    weight-norm rule reads)."""
+    out = {
         "attn_out": layer.get_submodule(family.attn_out),
         "ffn_in": layer.get_submodule(family.ffn_in),
         "ffn_out": layer.get_submodule(family.ffn_out),
     }
+    attn = getattr(getattr(layer, "attention", None), "self", None)
+    for role in ("query", "key", "value"):
+        if isinstance(getattr(attn, role, None), torch.nn.Linear):
+            out[role] = getattr(attn, role)
+    return out
 
 
 def layer_roles(family: Family) -> tuple[tuple[str, tuple[str, ...]], ...]:

@@ -31,12 +31,11 @@ class AttentionPattern:
     """Global attention on every ``every``-th layer (``layer_id % every == 0``), sliding-window
     attention elsewhere (ModernBERT). transformers decides the role from the layer's index
     when it builds the model, so a student's kept layers must form the same kind of pattern
-    with its own indices: ``config_key`` is the period the student's config gets."""
+    with its own indices: ``config_key`` is the period the student's config gets. Layer 0
+    is built without a pre-attention LayerNorm (Identity), so it stays the student's first
+    layer."""
 
     config_key: str = "global_attn_every_n_layers"
-    # the first layer has no pre-attention LayerNorm (ModernBERT's layer 0 uses Identity), so
-    # it must stay the student's first layer
-    first_layer_special: bool = True
 
 
 @dataclass(frozen=True)
@@ -58,8 +57,7 @@ class Family:
     ffn_out: str = "output.dense"
     glu: bool = False  # ffn_in writes [value; gate], 2 x intermediate_size rows
     # per-dim roles of a layer's weights for hidden/head slicing, or None: only the
-    # feed-forward width can be sliced (MPNet: its relative attention bias, shared by all
-    # layers, has one column per head, so heads cannot be chosen per layer)
+    # feed-forward width can be sliced
     slice_roles: tuple[tuple[str, tuple[str, ...]], ...] | None = None
     why_no_hidden_slicing: str = ""  # said when a narrower hidden width is refused
     # names (last part) of the LayerNorms on the residual stream (hidden-dim importance)
@@ -74,7 +72,6 @@ class Family:
     head: tuple[str, ...] = ()
     # positions are counted from pad_token_id + 1 (RoBERTa, MPNet): that many fewer tokens fit
     position_offset: bool = False
-    losses: str = "all"  # which KD losses apply (documentation; every family takes all)
 
     def graph_inputs(self, config: dict, kind: str = "classification") -> tuple[str, ...]:
         """The inputs optimum's export of a model with this config.json takes: embedding
@@ -194,7 +191,6 @@ FAMILIES: tuple[Family, ...] = (
         name="ModernBERT",
         model_types=("modernbert",),
         layers="layers",
-        shared=(),
         token_types=False,
         attn_out="attn.Wo",
         ffn_in="mlp.Wi",

@@ -287,6 +287,18 @@ def test_tiny_pipeline_every_stage(family_dirs, stsb_small, tmp_path, model_type
     )
     result = serve_check(run, log=lambda m: None)
     assert result["passed"], result
+    # the packaged sentence-transformers folder loads with its ONNX backend
+    from sentence_transformers import SentenceTransformer
+
+    from kdeploy.runtime import Encoder
+
+    folder = run / "package" / "sentence-transformers"
+    st = SentenceTransformer(
+        str(folder), backend="onnx", model_kwargs={"file_name": "onnx/model.onnx"}
+    )
+    texts = real_sentences(16)
+    with Encoder(run / "export" / "student") as enc:
+        assert np.abs(st.encode(texts) - enc.embed(texts)).max() < 1e-5
 
 
 @pytest.mark.parametrize("model_type", FAMILY_TYPES)

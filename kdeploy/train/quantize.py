@@ -102,10 +102,11 @@ def fuse_transformer(src: Path, dst: Path, config_json: Path) -> dict:
 
     from onnxruntime.transformers.optimizer import optimize_model
 
-    from kdeploy.families import family_of
+    from kdeploy.families import ConfigKeys, family_of
 
     cfg = json.loads(config_json.read_text())
-    keys = family_of(cfg.get("model_type")).keys  # type: ignore[union-attr]
+    family = family_of(cfg.get("model_type"))
+    keys = family.keys if family is not None else ConfigKeys()
     with contextlib.redirect_stdout(io.StringIO()):
         model = optimize_model(
             str(src),

@@ -48,6 +48,9 @@ class Family:
     # base-model submodules every layer reads (relative position tables and their norms):
     # a student keeps them whole whatever layers it drops
     shared: tuple[str, ...] = ()
+    # base-model submodules applied after the first layer only (DeBERTa-v2's optional
+    # encoder.conv): where present, a student keeps the teacher's first layer first
+    after_first: tuple[str, ...] = ()
     # whether the graph takes token_type_ids: True, False, or None = when type_vocab_size > 0
     token_types: bool | None = True
     keys: ConfigKeys = field(default_factory=ConfigKeys)
@@ -184,6 +187,7 @@ FAMILIES: tuple[Family, ...] = (
         model_types=("deberta-v2",),
         layers="encoder.layer",
         shared=("encoder.rel_embeddings", "encoder.LayerNorm"),
+        after_first=("encoder.conv",),
         token_types=None,
         slice_roles=DEBERTA_ROLES,
     ),

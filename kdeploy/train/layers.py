@@ -140,6 +140,14 @@ def cut_layers(teacher: torch.nn.Module, keep: list[int]) -> torch.nn.Module:
     parent, attr = _layer_parent(student, family)
     if family.pattern is not None:
         _keep_pattern(student.config, family, keep)
+    base = getattr(student, "base_model", student)
+    after_first = [n for n in family.after_first if _submodule(base, n) is not None]
+    if after_first and keep and keep[0] != 0:
+        raise ModelError(
+            f"this {family.name} applies {', '.join(after_first)} after its first layer "
+            f"only; a student keeping layers {keep} would apply it after layer {keep[0]}",
+            fix="keep layer 0 (student.strategy: uniform or bottom, or student.keep from 0)",
+        )
     setattr(parent, attr, torch.nn.ModuleList([layers[i] for i in keep]))
     student.config.num_hidden_layers = len(keep)
     for i, layer in enumerate(getattr(parent, attr)):
@@ -148,6 +156,15 @@ def cut_layers(teacher: torch.nn.Module, keep: list[int]) -> torch.nn.Module:
                 if isinstance(getattr(module, name, None), int):
                     setattr(module, name, i)
     return student
+
+
+def _submodule(module: torch.nn.Module, name: str) -> torch.nn.Module | None:
+    """``module``'s submodule ``name`` (dotted), or None where it is absent or None."""
+    for part in name.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module
 
 
 def _keep_pattern(config, family: Family, keep: list[int]) -> None:

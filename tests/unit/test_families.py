@@ -20,6 +20,7 @@ from kdeploy.families import FAMILIES, coherent_keep, family_of, fitting_period
 from kdeploy.model_info import SUPPORTED_MODEL_TYPES, inspect_model
 from kdeploy.stages import RunOptions
 from tests.conftest import (
+    FAMILY_CONFIGS,
     FAMILY_TYPES,
     TINY_OVERRIDES,
     build_tiny_family,
@@ -411,3 +412,18 @@ def test_narrower_hidden_width_is_refused_before_any_stage(family_dirs, stsb_sma
     with pytest.raises(ProfileError, match="slices only the feed-forward width of MPNet"):
         _run(family_dirs["mpnet"], stsb_small, tmp_path / "r", ["student.hidden_size=16"])
     assert not (tmp_path / "r" / "distill").exists()
+
+
+def test_deberta_conv_layer_needs_the_first_layer(tmp_path):
+    """DeBERTa-v2 (xlarge) applies encoder.conv after the first layer of its list only: a
+    student keeps teacher layer 0 first, or is refused."""
+    from transformers import DebertaV2Config, DebertaV2Model
+
+    from kdeploy.train.layers import cut_layers
+
+    kw = FAMILY_CONFIGS["deberta-v2"][1]
+    model = DebertaV2Model(DebertaV2Config(vocab_size=100, conv_kernel_size=3, **kw)).eval()
+    assert model.encoder.conv is not None
+    assert cut_layers(model, [0, 3]).config.num_hidden_layers == 2
+    with pytest.raises(ModelError, match="encoder.conv after its first layer"):
+        cut_layers(model, [1, 3])

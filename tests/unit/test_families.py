@@ -427,3 +427,23 @@ def test_deberta_conv_layer_needs_the_first_layer(tmp_path):
     assert cut_layers(model, [0, 3]).config.num_hidden_layers == 2
     with pytest.raises(ModelError, match="encoder.conv after its first layer"):
         cut_layers(model, [1, 3])
+
+
+@pytest.mark.parametrize("model_type", FAMILY_TYPES)
+def test_modelopt_ptq(family_dirs, stsb_small, tmp_path, model_type):
+    """modelopt INT8 calibration without fine-tuning (quantize.method=ptq): a Q/DQ graph,
+    lint-clean, every encoder Linear INT8, matching the fake-quantized torch model."""
+    from kdeploy.onnxtools.layers import gemm_layers
+    from kdeploy.onnxtools.qdq_lint import lint_qdq
+
+    run = tmp_path / "run"
+    ptq = ["quantize.method=ptq", "quantize.format=qdq", "quantize.activation_type=int8"]
+    _run(family_dirs[model_type], stsb_small, run, [*TINY_OVERRIDES, *ptq], until_stage="quantize")
+    q = load_manifest(run).stages["quantize"].metrics["student"]
+    assert q["tool"] == "modelopt" and q["validation"]["passed"]
+    int8 = run / "quantize" / "student" / "model.onnx"
+    assert lint_qdq(int8) == []
+    # DeBERTa's shared position keys run query_proj/key_proj a second time (16 GEMMs)
+    encoder = [x for x in gemm_layers(int8) if "/layer" in x.node]
+    assert len(encoder) >= (8 if model_type == "modernbert" else 12)
+    assert all(x.weight_bits == 8 and x.activation_bits == 8 for x in encoder)

@@ -269,6 +269,8 @@ def test_tiny_pipeline_every_stage(family_dirs, stsb_small, tmp_path, model_type
     assert set(d["losses"]) == {"embedding_mse", "hidden_mse", "attention_kl"}
     if model_type == "modernbert":  # teacher layers 0 and 3 both attend globally
         assert d["kept_layers"] == [0, 3] and d["global_attention_layers"] == [0, 1]
+        md = (run / "package" / "report.md").read_text()
+        assert "Global attention: student layers [0, 1] (teacher layers [0, 3])" in md
     ex = m.stages["export"].metrics
     diffs = {role: ex[role]["validation"]["max_abs_diff"] for role in ("teacher", "student")}
     diffs["sparse"] = ex["sparse"]["validation"]["max_abs_diff"]

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdeploy.core.errors import ModelError
+from kdeploy.families import SUPPORTED_MODEL_TYPES, Family, family_of
 
-# Encoder families whose layers live in ``<base>.encoder.layer`` and that optimum exports.
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
+__all__ = ["SUPPORTED_MODEL_TYPES", "ModelInfo", "inspect_model"]
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -31,10 +31,21 @@ class ModelInfo:
     safetensors: bool
     sentence_transformers: bool
     max_seq_length: int
+    # what the exported graph takes (Family.graph_inputs; checked after export)
+    inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
+    # ModernBERT: global attention on layers whose index % this == 0 (None: all global)
+    attention_period: int | None = None
 
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def family(self) -> Family:
+        """The family description (layers, shared modules, graph inputs, FFN names)."""
+        family = family_of(self.model_type)
+        assert family is not None  # inspect_model refuses unsupported types
+        return family
 
     @property
     def head_dim(self) -> int:
@@ -65,29 +76,32 @@ def inspect_model(
     cfg_path = _config_path(path)
     cfg = _read_json(cfg_path)
     _refuse_remote_code(path, cfg, cfg_path, trust_remote_code)
-    model_type = _supported_model_type(cfg, cfg_path)
+    family = _supported_family(cfg, cfg_path)
+    keys = family.keys
     safetensors = _has_safe_weights(path, allow_pickle)
     archs = list(cfg.get("architectures") or [])
     kind = _kind(archs, task)
     st = (path / "modules.json").is_file()
     pooling, normalize = _sentence_transformers_head(path) if st else ("mean", False)
-    max_seq_length = _max_seq_length(path, cfg)
+    max_seq_length = _max_seq_length(path, cfg, family)
     return ModelInfo(
         path=path,
-        model_type=model_type,
+        model_type=str(cfg["model_type"]),
         architectures=archs,
         kind=kind,
-        num_layers=int(cfg.get("num_hidden_layers", 0)),
-        hidden_size=int(cfg.get("hidden_size", 0)),
-        num_heads=int(cfg.get("num_attention_heads", 0)),
-        intermediate_size=int(cfg.get("intermediate_size", 0)),
-        max_positions=int(cfg.get("max_position_embeddings", 512)),
+        num_layers=int(cfg.get(keys.layers, 0)),
+        hidden_size=int(cfg.get(keys.hidden, 0)),
+        num_heads=int(cfg.get(keys.heads, 0)),
+        intermediate_size=int(cfg.get(keys.ffn, 0)),
+        max_positions=int(cfg.get(keys.positions, 512)),
         pooling=pooling,
         normalize=normalize,
         num_labels=_num_labels(cfg) if kind == "classification" else None,
         safetensors=safetensors,
         sentence_transformers=st,
         max_seq_length=max_seq_length,
+        inputs=family.graph_inputs(cfg, kind),
+        attention_period=_attention_period(cfg, family),
     )
 
 
@@ -126,16 +140,18 @@ def _refuse_remote_code(path: Path, cfg: dict, cfg_path: Path, trust_remote_code
         )
 
 
-def _supported_model_type(cfg: dict, cfg_path: Path) -> str:
+def _supported_family(cfg: dict, cfg_path: Path) -> Family:
+    """The family of the config's model_type; one error naming the supported ones if none."""
     model_type = cfg.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    family = family_of(model_type)
+    if family is None:
         archs = ", ".join(cfg.get("architectures") or [])
         raise ModelError(
             f"unsupported architecture '{model_type}' ({archs})",
             where=str(cfg_path),
             fix=f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}",
         )
-    return model_type
+    return family
 
 
 def _has_safe_weights(path: Path, allow_pickle: bool) -> bool:
@@ -167,9 +183,17 @@ def _kind(archs: list[str], task: str) -> str:
     return "classification" if is_classifier else "embedding"
 
 
+# sentence-transformers modules kdeploy distils and exports (the whole pipeline is in the
+# ONNX graph, sentence_embedding its output): Transformer, then Pooling (mean or CLS), then
+# optionally Dense layers and Normalize
+ST_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
+
+
 def _sentence_transformers_head(path: Path) -> tuple[str, bool]:
-    """(pooling, normalize) from a sentence-transformers model's modules.json."""
+    """(pooling, normalize) from a sentence-transformers model's modules.json; one error
+    naming any module kdeploy does not handle."""
     modules = _read_json(path / "modules.json")
+    _check_st_modules(path, [str(m.get("type", "")) for m in modules])
     normalize = any(str(m.get("type", "")).endswith("Normalize") for m in modules)
     pooling = "mean"
     for m in modules:
@@ -180,27 +204,84 @@ def _sentence_transformers_head(path: Path) -> tuple[str, bool]:
     return pooling, normalize
 
 
-def _pooling_mode(pcfg: Path) -> str | None:
-    """The pooling of a Pooling module's config: "cls", or None for mean; others refused."""
-    p = _read_json(pcfg)
-    if p.get("pooling_mode_cls_token"):
-        return "cls"
-    if not p.get("pooling_mode_mean_tokens", True):
+def _check_st_modules(path: Path, types: list[str]) -> None:
+    """Transformer, Pooling, Dense*, Normalize? in this order, else a ModelError."""
+    names = [t.rsplit(".", 1)[-1] for t in types]
+    unknown = [t for t, n in zip(types, names, strict=True) if n not in ST_MODULES]
+    if unknown:
         raise ModelError(
-            f"pooling mode in {pcfg} is not supported (mean and cls are)",
+            f"{path} is a sentence-transformers model with modules kdeploy does not handle: "
+            f"{', '.join(unknown)}",
+            where=str(path / "modules.json"),
+            fix=f"kdeploy exports pipelines of {', '.join(ST_MODULES)} modules (in that order)",
+        )
+    rank = [ST_MODULES.index(n) for n in names]
+    if (
+        names[:2] != ["Transformer", "Pooling"]
+        or rank != sorted(rank)
+        or names.count("Normalize") > 1
+    ):
+        raise ModelError(
+            f"{path}: sentence-transformers modules {' -> '.join(names)} are not "
+            "Transformer -> Pooling [-> Dense ...] [-> Normalize]",
+            where=str(path / "modules.json"),
+            fix="kdeploy exports that pipeline only",
+        )
+
+
+# sentence-transformers < 5.7 saves one bool per mode; 5.7 saves ``pooling_mode`` (a mode
+# or a list of modes, concatenated)
+LEGACY_POOLING = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+
+def _pooling_mode(pcfg: Path) -> str | None:
+    """The pooling of a Pooling module's config: "cls", or None for mean; any other mode
+    or a combination (sentence-transformers concatenates them) refused."""
+    p = _read_json(pcfg)
+    if "pooling_mode" in p:
+        mode = p["pooling_mode"]
+        modes = [mode] if isinstance(mode, str) else list(mode)
+    else:
+        modes = [m for k, m in LEGACY_POOLING.items() if p.get(k)]
+        modes = modes if any(k in p for k in LEGACY_POOLING) else ["mean"]
+    if modes not in (["mean"], ["cls"]):
+        raise ModelError(
+            f"pooling {' + '.join(modes) or 'none'} in {pcfg} is not supported "
+            "(mean or cls, one of them)",
             where=str(pcfg),
             fix="use a teacher with mean or CLS pooling",
         )
-    return None
+    return "cls" if modes == ["cls"] else None
 
 
-def _max_seq_length(path: Path, cfg: dict) -> int:
-    """sentence-transformers' max_seq_length when set, else the positions (at most 512)."""
-    max_seq_length = min(int(cfg.get("max_position_embeddings", 512)), 512)
+def _max_seq_length(path: Path, cfg: dict, family: Family) -> int:
+    """A sentence-transformers model's max_seq_length (sentence_bert_config.json; from 5.7 on
+    the tokenizer's model_max_length, which sentence-transformers reads instead) when set,
+    else the positions (at most 512); never more than the positions."""
+    limit = family.max_tokens(cfg)
     sbert = path / "sentence_bert_config.json"
-    if sbert.is_file():
-        max_seq_length = int(_read_json(sbert).get("max_seq_length") or max_seq_length)
-    return max_seq_length
+    if not sbert.is_file():
+        return limit
+    value = _read_json(sbert).get("max_seq_length")
+    tok_cfg = path / "tokenizer_config.json"
+    if value is None and tok_cfg.is_file():
+        value = _read_json(tok_cfg).get("model_max_length")
+        value = value if isinstance(value, int) and value < 1_000_000 else None  # unset: 1e30
+    return min(int(value), limit) if value else limit
+
+
+def _attention_period(cfg: dict, family: Family) -> int | None:
+    """ModernBERT's global_attn_every_n_layers; None for families without the pattern."""
+    if family.pattern is None or cfg.get(family.pattern.config_key) is None:
+        return None
+    return int(cfg[family.pattern.config_key])
 
 
 def _num_labels(cfg: dict) -> int:

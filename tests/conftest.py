@@ -90,8 +90,12 @@ def sst2_small(tmp_path_factory) -> Path:
     )
 
 
-def build_tokenizer(out_dir: Path, corpus: list[str]) -> None:
-    """A small WordPiece tokenizer trained on real text, saved as a fast BERT tokenizer."""
+def build_tokenizer(
+    out_dir: Path, corpus: list[str], model_input_names: list[str] | None = None
+) -> None:
+    """A small WordPiece tokenizer trained on real text, saved as a fast BERT tokenizer
+    (``model_input_names``: what it returns, as the tokenizers of MPNet or DistilBERT omit
+    token_type_ids)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertTokenizerFast
 
@@ -115,6 +119,7 @@ def build_tokenizer(out_dir: Path, corpus: list[str]) -> None:
         sep_token="[SEP]",
         mask_token="[MASK]",
         model_max_length=128,
+        **({"model_input_names": model_input_names} if model_input_names else {}),
     )
     fast.save_pretrained(str(out_dir))
 
@@ -163,6 +168,99 @@ def build_tiny_bert(
         model = BertModel(cfg)
     model.eval()
     model.save_pretrained(str(out_dir), safe_serialization=True)
+    return out_dir
+
+
+# Tiny random configs of every supported family beyond BERT: 32 wide, 4 heads of 8, FFN 64,
+# 4 layers, special token ids of build_tokenizer's vocabulary ([PAD] 0, [CLS] 2, [SEP] 3)
+TINY_SIZES = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64)
+TOKEN_IDS = dict(pad_token_id=0, bos_token_id=2, eos_token_id=3)
+FAMILY_CONFIGS: dict[str, tuple[str, dict]] = {
+    "mpnet": ("MPNet", {**TINY_SIZES, **TOKEN_IDS, "max_position_embeddings": 130}),
+    "distilbert": (
+        "DistilBert",
+        {"dim": 32, "n_layers": 4, "n_heads": 4, "hidden_dim": 64, "pad_token_id": 0},
+    ),
+    # DeBERTa-v3's layout: relative attention (c2p + p2c) with shared position keys, log
+    # buckets, LayerNorm'd relative embeddings, no absolute positions, no token types
+    "deberta-v2": (
+        "DebertaV2",
+        {
+            **TINY_SIZES,
+            "pad_token_id": 0,
+            "relative_attention": True,
+            "pos_att_type": ["p2c", "c2p"],
+            "max_relative_positions": -1,
+            "position_buckets": 16,
+            "norm_rel_ebd": "layer_norm",
+            "share_att_key": True,
+            "position_biased_input": False,
+            "type_vocab_size": 0,
+        },
+    ),
+    # global attention on layers 0 and 3 (every 3rd), a 16-token window on layers 1 and 2:
+    # real sentences of the tiny pipeline are longer than the window, so local layers differ
+    "modernbert": (
+        "ModernBert",
+        {
+            **TINY_SIZES,
+            "pad_token_id": 0,
+            "bos_token_id": 2,
+            "eos_token_id": 3,
+            "cls_token_id": 2,
+            "sep_token_id": 3,
+            "global_attn_every_n_layers": 3,
+            "local_attention": 16,
+        },
+    ),
+}
+FAMILY_TYPES = list(FAMILY_CONFIGS)
+
+
+def build_tiny_family(
+    out_dir: Path, model_type: str, *, classifier: bool = False, seed: int = 0
+) -> Path:
+    """A random tiny model of ``model_type`` (FAMILY_CONFIGS) saved with safetensors and a
+    fast tokenizer that returns only the inputs the family takes."""
+    import torch
+    import transformers
+
+    from kdeploy.families import family_of
+
+    prefix, kw = FAMILY_CONFIGS[model_type]
+    family = family_of(model_type)
+    assert family is not None
+    torch.manual_seed(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = getattr(transformers, f"{prefix}Config")(vocab_size=1000, **kw)
+    build_tokenizer(out_dir, _corpus(), list(family.graph_inputs(cfg.to_dict())))
+    from transformers import AutoTokenizer
+
+    cfg.vocab_size = AutoTokenizer.from_pretrained(str(out_dir)).vocab_size
+    if "max_position_embeddings" not in kw and model_type != "deberta-v2":
+        cfg.max_position_embeddings = 128
+    cls = f"{prefix}ForSequenceClassification" if classifier else f"{prefix}Model"
+    model = getattr(transformers, cls)(cfg).eval()
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    return out_dir
+
+
+def build_tiny_st(
+    out_dir: Path, model_type: str, *, pooling: str = "cls", dense: int | None = 24
+) -> Path:
+    """A sentence-transformers folder around a tiny ``model_type`` model: Transformer,
+    ``pooling`` Pooling, a Dense layer to ``dense`` dims (tanh) when given, Normalize."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+
+    hf = build_tiny_family(out_dir.with_name(out_dir.name + "-hf"), model_type)
+    torch.manual_seed(1)
+    first = models.Transformer(str(hf), max_seq_length=48)
+    mods = [first, models.Pooling(first.get_word_embedding_dimension(), pooling_mode=pooling)]
+    if dense:
+        mods.append(models.Dense(first.get_word_embedding_dimension(), dense))
+    mods.append(models.Normalize())
+    SentenceTransformer(modules=mods, device="cpu").save(str(out_dir), safe_serialization=True)
     return out_dir
 
 

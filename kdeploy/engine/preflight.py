@@ -88,6 +88,14 @@ def check_student_width(teacher: ModelInfo, loaded: LoadedProfile) -> None:
     )
     narrower = st.hidden_size is not None and st.hidden_size != teacher.hidden_size
     bound = width_bound_modules(teacher.path) if narrower else []
+    if problem is None and narrower and teacher.family.slice_roles is None:
+        problem = (
+            "student.hidden_size",
+            f"student.hidden_size {st.hidden_size}: kdeploy slices only the feed-forward "
+            f"width of {teacher.family.name} students ({teacher.family.why_no_hidden_slicing})",
+            "leave student.hidden_size unset (null); student.intermediate_fraction still "
+            "narrows the feed-forward block",
+        )
     if problem is None and bound:
         problem = (
             "student.hidden_size",

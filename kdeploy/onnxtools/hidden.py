@@ -55,8 +55,23 @@ def has_token_output(onnx_path: Path) -> bool:
     return any(o.name == TOKEN_OUTPUT for o in graph.output)
 
 
+def _outer_names(graph) -> set[str]:
+    """Names a subgraph (an If branch, a Loop body) reads from the enclosing graph: its
+    nodes' inputs that neither its own nodes, inputs nor initializers define."""
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    used: set[str] = set()
+    for n in graph.node:
+        defined.update(x for x in n.output if x)
+        used.update(x for x in n.input if x)
+        for a in n.attribute:
+            for sub in [a.g] if a.type == a.GRAPH else list(a.graphs):
+                used |= _outer_names(sub)
+    return used - defined
+
+
 def _needed_nodes(nodes: list, target: str) -> set[int]:
-    """Indices of the nodes ``target`` depends on (walking producers back to the inputs)."""
+    """Indices of the nodes ``target`` depends on (walking producers back to the inputs;
+    a node with subgraphs, e.g. DeBERTa's If, also depends on what its branches read)."""
     producer = {out: i for i, n in enumerate(nodes) for out in n.output if out}
     keep: set[int] = set()
     stack = [target]
@@ -65,15 +80,51 @@ def _needed_nodes(nodes: list, target: str) -> set[int]:
         if i is None or i in keep:
             continue
         keep.add(i)
-        if any(a.type in (a.GRAPH, a.GRAPHS) for a in nodes[i].attribute):
-            raise ExportError(
-                f"node {nodes[i].name} ({nodes[i].op_type}) has a subgraph; cutting such "
-                "graphs is not supported",
-                where=nodes[i].name,
-                fix="a kdeploy bug for this architecture: please report it",
-            )
         stack.extend(x for x in nodes[i].input if x)
+        for a in nodes[i].attribute:
+            if a.type in (a.GRAPH, a.GRAPHS):
+                for sub in [a.g] if a.type == a.GRAPH else list(a.graphs):
+                    stack.extend(_outer_names(sub))
     return keep
+
+
+def _reads(node) -> list[str]:
+    """Everything a node reads: its inputs and what its subgraphs take from outside."""
+    names = [x for x in node.input if x]
+    for a in node.attribute:
+        for sub in [a.g] if a.type == a.GRAPH else list(a.graphs):
+            names.extend(sorted(_outer_names(sub)))
+    return names
+
+
+def _sorted(nodes: list) -> list:
+    """``nodes`` in a topological order, the given order wherever it already is one.
+    ONNX Runtime's quantizer may put a node before the producer of a value that only one
+    of its If branches reads; onnx.checker refuses that."""
+    producer = {out: i for i, n in enumerate(nodes) for out in n.output if out}
+    done: set[int] = set()
+    order: list = []
+
+    def visit(i: int) -> None:
+        stack = [(i, False)]
+        while stack:
+            j, expanded = stack.pop()
+            if j in done:
+                continue
+            if expanded:
+                done.add(j)
+                order.append(nodes[j])
+                continue
+            stack.append((j, True))
+            stack.extend(
+                (producer[x], False)
+                for x in reversed(_reads(nodes[j]))
+                if x in producer and producer[x] not in done
+            )
+
+    for i in range(len(nodes)):
+        visit(i)
+    return order
 
 
 def cut_to_hidden_state(src: Path, dst: Path) -> HiddenCut:
@@ -95,7 +146,7 @@ def cut_to_hidden_state(src: Path, dst: Path) -> HiddenCut:
         )
     nodes = list(graph.node)
     keep = _needed_nodes(nodes, TOKEN_OUTPUT)
-    kept = [n for i, n in enumerate(nodes) if i in keep]
+    kept = _sorted([n for i, n in enumerate(nodes) if i in keep])
     dropped = [n.op_type for i, n in enumerate(nodes) if i not in keep]
     for n in kept:
         for k, name in enumerate(n.output):
@@ -105,6 +156,10 @@ def cut_to_hidden_state(src: Path, dst: Path) -> HiddenCut:
             if name == TOKEN_OUTPUT:
                 n.input[k] = HIDDEN_OUTPUT
     used = {x for n in kept for x in n.input if x}
+    for n in kept:  # what subgraphs read from this graph (inputs, initializers)
+        for a in n.attribute:
+            for sub in [a.g] if a.type == a.GRAPH else list(a.graphs):
+                used |= _outer_names(sub)
     new_out = onnx.ValueInfoProto()
     new_out.CopyFrom(out)
     new_out.name = HIDDEN_OUTPUT

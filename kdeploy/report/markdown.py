@@ -110,6 +110,21 @@ def distill_lines(d: dict[str, Any] | None) -> list[str]:
         f"{d.get('epochs')} epochs ({d.get('steps')} steps) in "
         f"{_fmt(d.get('train_seconds'), 0)}s on {d.get('device')}; final loss "
         f"{_fmt(d.get('final_loss'), 5)}.",
+        *global_attention_line(d),
+    ]
+
+
+def global_attention_line(d: dict[str, Any]) -> list[str]:
+    """ModernBERT students: which layers attend globally (the others use the window)."""
+    layers = d.get("global_attention_layers")
+    if not layers:
+        return []
+    kept = d.get("kept_layers") or []
+    teacher = [kept[i] for i in layers if i < len(kept)]
+    return [
+        "",
+        f"Global attention: student layers {layers} (teacher layers {teacher}); the others "
+        "attend through the sliding window, as in the teacher.",
     ]
 
 

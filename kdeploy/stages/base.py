@@ -173,7 +173,7 @@ class Stage:
             p.distill,
             p.student,
             distilled=inputs.source(student_source) == "student_model",
-            teacher_layers=t_info.num_layers,
+            teacher=t_info,
             student_layers=student.config.num_hidden_layers,
         )
         record = kd_fine_tune(

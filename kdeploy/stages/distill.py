@@ -39,11 +39,11 @@ class Distill(Stage):
     def run(self, inputs: StageInputs, out_dir: Path) -> StageResult:
         from kdeploy.train.distill import distill
         from kdeploy.train.finetune import remove_leftovers
-        from kdeploy.train.layers import select_layers
+        from kdeploy.train.layers import student_layers
 
         p = self.profile
         info = self.inspect(inputs["teacher_model"])
-        keep = select_layers(info.num_layers, p.student.layers, p.student.strategy, p.student.keep)
+        keep = student_layers(info, p.student.layers, p.student.strategy, p.student.keep)
         items = self.training_items(inputs, info.kind)
         dev = labelled_dev(inputs["dataset"]) if p.distill.select_best else None
         self.log(

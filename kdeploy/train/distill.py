@@ -13,6 +13,7 @@ import torch
 
 from kdeploy.config import DistillConfig
 from kdeploy.data import Split, TrainItem
+from kdeploy.families import Family, is_global
 from kdeploy.model_info import ModelInfo
 from kdeploy.train.batching import calibration_batches
 from kdeploy.train.loading import pick_device
@@ -34,6 +35,9 @@ class DistillOutcome:
     intermediate_size: int
     student_params: int
     teacher_params: int
+    # families that alternate global and local attention (ModernBERT): which student layers
+    # attend globally, and the teacher layers they came from
+    global_layers: list[int] | None = None
 
     def metrics(self) -> dict:
         """The distill stage's metrics (JSON): the widths, the training record, the sizes."""
@@ -44,6 +48,7 @@ class DistillOutcome:
             **asdict(self.record),
             "student_params": self.student_params,
             "teacher_params": self.teacher_params,
+            **({"global_attention_layers": self.global_layers} if self.global_layers else {}),
         }
 
 
@@ -127,12 +132,28 @@ def distill(
         log=log,
         student_dims=None if plan is None else plan.hidden,
     )
+    global_layers = attention_roles(student.config, info.family)
+    if global_layers is not None:
+        log(
+            f"{info.family.name} student: layers {global_layers} attend globally (teacher "
+            f"layers {[keep[i] for i in global_layers]}), the others through the sliding window"
+        )
     return DistillOutcome(
         student_dir=save_student(student, teacher, work_dir / "student"),
         record=record,
         kept_layers=keep,
         hidden_size=student.config.hidden_size,
-        intermediate_size=student.config.intermediate_size,
+        intermediate_size=int(getattr(student.config, info.family.keys.ffn)),
         student_params=sum(p.numel() for p in student.parameters()),
         teacher_params=teacher.params,
+        global_layers=global_layers,
     )
+
+
+def attention_roles(config, family: Family) -> list[int] | None:
+    """The layers of a model with this config that attend globally, for families that
+    alternate global and sliding-window attention (None for the others)."""
+    if family.pattern is None:
+        return None
+    every = int(getattr(config, family.pattern.config_key))
+    return [i for i in range(config.num_hidden_layers) if is_global(i, every)]

@@ -139,6 +139,7 @@ def export_loaded(
         if (tmp / name).is_file():
             shutil.move(str(tmp / name), out_dir / name)
     shutil.rmtree(tmp, ignore_errors=True)
+    check_inputs(out_dir / "model.onnx", info)
     if not (out_dir / "tokenizer.json").is_file():
         raise ExportError(
             f"{info.path} has no fast tokenizer (tokenizer.json)",
@@ -162,6 +163,22 @@ def export_loaded(
     )
     card.save(out_dir)
     return card
+
+
+def check_inputs(path: Path, info: ModelInfo) -> None:
+    """The exported graph takes exactly the inputs the family says (``Family.graph_inputs``):
+    the runtime, Triton config and serve-check feed what the graph declares, and a graph
+    that wants token_type_ids the tokenizer does not return would be fed zeros."""
+    from kdeploy.runtime.graph import onnx_inputs
+
+    got = sorted(i.name for i in onnx_inputs(path))
+    if got != sorted(info.inputs):
+        raise ExportError(
+            f"the exported graph {path} takes {got}, but a {info.family.name} model takes "
+            f"{sorted(info.inputs)}",
+            where=str(path),
+            fix="a kdeploy bug for this family (kdeploy/families.py): please report it",
+        )
 
 
 def check_onnx(path: Path) -> None:

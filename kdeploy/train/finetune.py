@@ -13,7 +13,7 @@ import torch
 from kdeploy.config import DistillConfig, FineTune, StudentConfig
 from kdeploy.data import Split, TrainItem
 from kdeploy.model_info import ModelInfo
-from kdeploy.train.layers import select_layers
+from kdeploy.train.layers import student_layers as kept_layers
 from kdeploy.train.teacher import prepare_teacher
 from kdeploy.train.trainer import TrainRecord, train_kd
 
@@ -35,7 +35,7 @@ def fine_tune_layer_map(
     student: StudentConfig,
     *,
     distilled: bool,
-    teacher_layers: int,
+    teacher: ModelInfo,
     student_layers: int,
 ) -> list[int]:
     """Teacher layer each student layer imitates in token-level losses: the profile's map,
@@ -43,7 +43,7 @@ def fine_tune_layer_map(
     if distill.layer_map is not None:
         return list(distill.layer_map)
     if distilled:
-        return select_layers(teacher_layers, student.layers, student.strategy, student.keep)
+        return kept_layers(teacher, student.layers, student.strategy, student.keep)
     return list(range(student_layers))
 
 

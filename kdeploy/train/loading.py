@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import torch
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from kdeploy.core.errors import ModelError
+from kdeploy.families import family_of
 from kdeploy.model_info import ModelInfo
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -82,6 +84,9 @@ def pickle_refusal(path: Path) -> ModelError | None:
 
 
 def load_tokenizer(path: Path):
+    """The fast tokenizer of a model dir, returning exactly the inputs the model's family
+    takes (no token_type_ids for MPNet, DistilBERT, ModernBERT, ...: a tokenizer saved
+    for another family may still emit them)."""
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True)
     except (OSError, ValueError) as exc:
@@ -93,7 +98,21 @@ def load_tokenizer(path: Path):
             fix="kdeploy's runtime tokenizes with the `tokenizers` library: save a fast "
             "tokenizer with AutoTokenizer.from_pretrained(..., use_fast=True).save_pretrained()",
         )
+    inputs = model_inputs(Path(path))
+    if inputs is not None:
+        tok.model_input_names = list(inputs)
     return tok
+
+
+def model_inputs(path: Path) -> tuple[str, ...] | None:
+    """The inputs the model in ``path`` takes (its family's graph inputs), None when its
+    config does not say (a tokenizer-only folder)."""
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        return None
+    cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    family = family_of(cfg.get("model_type"))
+    return None if family is None else family.graph_inputs(cfg)
 
 
 def pick_device() -> torch.device:

@@ -56,7 +56,9 @@ def write_sentence_transformers_layout(
             is_pooling = str(m.get("type", "")).endswith("Pooling")
             if sub and is_pooling and pcfg.is_file() and width != info.hidden_size:
                 pooling = json.loads(pcfg.read_text())
-                pooling["word_embedding_dimension"] = width
+                for key in ("word_embedding_dimension", "embedding_dimension"):  # ST < / >= 5.7
+                    if key in pooling:
+                        pooling[key] = width
                 pcfg.write_text(json.dumps(pooling, indent=2))
     else:
         modules = [

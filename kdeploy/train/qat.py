@@ -29,9 +29,12 @@ import torch
 
 from kdeploy.config.methods import PtqQuant, QatQuant
 from kdeploy.model_info import ModelInfo
+from kdeploy.train.layers import family_of_model
 
 
-def quant_config(cfg: PtqQuant | QatQuant) -> dict:
+def quant_config(cfg: PtqQuant | QatQuant, head: tuple[str, ...] = ()) -> dict:
+    """modelopt's INT8 config with kdeploy's placement; ``head``: the family's head Linears
+    (``Family.head``), kept float like ``quantize.keep_float``."""
     import modelopt.torch.quantization as mtq
 
     qc = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
@@ -41,7 +44,9 @@ def quant_config(cfg: PtqQuant | QatQuant) -> dict:
             if r.get("quantizer_name") == "*weight_quantizer" and "cfg" in r:
                 r["cfg"]["axis"] = None
     rules.append({"quantizer_name": "*", "parent_class": "nn.LayerNorm", "enable": False})
-    rules += [{"quantizer_name": pat, "enable": False} for pat in cfg.keep_float]
+    # head globs name modules; their quantizers are "<module>.input_quantizer" etc.
+    float_globs = [*cfg.keep_float, *(f"{pat}.*" for pat in head)]
+    rules += [{"quantizer_name": pat, "enable": False} for pat in float_globs]
     return qc
 
 
@@ -56,7 +61,7 @@ def quantize_model(
     import modelopt.torch.quantization as mtq
 
     with contextlib.redirect_stdout(io.StringIO()):  # modelopt prints per-layer progress
-        mtq.quantize(model, quant_config(cfg), forward_loop)
+        mtq.quantize(model, quant_config(cfg, family_of_model(model).head), forward_loop)
     quantized, left = [], []
     for name, module in model.named_modules():
         wq = getattr(module, "weight_quantizer", None)

@@ -96,18 +96,23 @@ def fuse_transformer(src: Path, dst: Path, config_json: Path) -> dict:
     """ONNX Runtime's transformer optimizer for BERT graphs: attention (one packed QKV
     ``Attention`` contrib op), SkipLayerNormalization, BiasGelu/FastGelu, embedding
     LayerNorm fusions. The result uses com.microsoft ops: ONNX Runtime only. Returns the
-    fused op counts (for the report)."""
+    fused op counts (for the report). Other families' graphs go through the same pattern
+    matcher: what matches BERT's patterns is fused, the rest is left as it is."""
     import json
 
     from onnxruntime.transformers.optimizer import optimize_model
 
+    from kdeploy.families import ConfigKeys, family_of
+
     cfg = json.loads(config_json.read_text())
+    family = family_of(cfg.get("model_type"))
+    keys = family.keys if family is not None else ConfigKeys()
     with contextlib.redirect_stdout(io.StringIO()):
         model = optimize_model(
             str(src),
             model_type="bert",
-            num_heads=int(cfg["num_attention_heads"]),
-            hidden_size=int(cfg["hidden_size"]),
+            num_heads=int(cfg[keys.heads]),
+            hidden_size=int(cfg[keys.hidden]),
             opt_level=1,
         )
     model.save_model_to_file(str(dst))
@@ -132,7 +137,8 @@ def _run_quantizer(cfg, src, dst, src_dir, calibration_texts, qtype, extra) -> N
             extra_options=extra,
         )
     else:
-        inputs = [i.name for i in onnx.load(str(src), load_external_data=False).graph.input]
+        graph = onnx.load(str(src), load_external_data=False).graph
+        inputs = [i.name for i in graph.input]
         reader = _TextCalibration(src_dir, calibration_texts, inputs)
         quantize_static(
             src,
@@ -144,8 +150,25 @@ def _run_quantizer(cfg, src, dst, src_dir, calibration_texts, qtype, extra) -> N
             per_channel=cfg.per_channel,
             op_types_to_quantize=cfg.op_types,
             calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=float_nodes(graph, src_dir / "config.json"),
             extra_options={**extra, "ActivationSymmetric": cfg.activation_type == "int8"},
         )
+
+
+def float_nodes(graph, config_json: Path) -> list[str]:
+    """Nodes static quantization leaves float: those directly in one of the family's
+    ``float_scopes`` (optimum names nodes ``/<module path>/<op>``)."""
+    import json
+
+    from kdeploy.families import family_of
+
+    family = family_of(json.loads(config_json.read_text()).get("model_type"))
+    scopes = family.float_scopes if family is not None else ()
+    return [
+        n.name
+        for n in graph.node
+        if any(n.name.rsplit("/", 1)[0].endswith("/" + s) for s in scopes)
+    ]
 
 
 def optimum_isa_config():

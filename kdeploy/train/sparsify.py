@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from kdeploy.config import SparsifyConfig
 from kdeploy.config.methods import MagnitudeSparsity, SparseGptSparsity
 from kdeploy.onnxtools.layers import is_2to4
+from kdeploy.train.layers import family_of_model
 
 MASKS_FILE = "masks.safetensors"
 
@@ -45,15 +46,17 @@ def choose_layers(model: torch.nn.Module, cfg: SparsifyConfig) -> list[LayerChoi
     Dense: layers matching ``cfg.dense_layers`` (heads and the pooler by default: small and
     right before the metric), layers with fewer than ``cfg.min_features`` inputs or outputs
     (too small for sparse kernels to pay), input widths not divisible by 4 (no 2:4 groups).
+    The family's own head Linears (``Family.head``) count as ``dense_layers``.
     Embeddings are lookups, not GEMMs: they are never Linear layers here.
     """
     out = []
+    dense = [*cfg.dense_layers, *family_of_model(model).head]
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear):
             continue
         k, n = module.in_features, module.out_features
         reason = cfg.method
-        if any(fnmatch.fnmatch(name, pat) for pat in cfg.dense_layers):
+        if any(fnmatch.fnmatch(name, pat) for pat in dense):
             reason = "dense_layers"
         elif min(k, n) < cfg.min_features:
             reason = f"smaller than min_features={cfg.min_features}"

@@ -39,8 +39,11 @@ from dataclasses import dataclass
 import torch
 
 from kdeploy.core.errors import ModelError
+from kdeploy.families import FAMILIES, Family
 from kdeploy.model_info import width_problem
-from kdeploy.train.layers import encoder_layers
+from kdeploy.train.layers import encoder_layers, family_of_model
+
+BERT = FAMILIES[0]
 
 
 @dataclass
@@ -61,40 +64,52 @@ class WidthPlan:
         return len(self.ffn[0])
 
 
-def _layer_linears(layer: torch.nn.Module) -> dict[str, torch.nn.Linear]:
-    """The Linears of one BERT-family encoder layer, by role."""
-    return {
-        "query": layer.attention.self.query,
-        "key": layer.attention.self.key,
-        "value": layer.attention.self.value,
-        "attn_out": layer.attention.output.dense,
-        "ffn_in": layer.intermediate.dense,
-        "ffn_out": layer.output.dense,
+def _layer_linears(layer: torch.nn.Module, family: Family = BERT) -> dict[str, torch.nn.Linear]:
+    """The Linears of one encoder layer by role: the attention output and the feed-forward
+    block (every family), and BERT's query/key/value (what benchmarks/slice_importance.py's
+    weight-norm rule reads)."""
+    out = {
+        "attn_out": layer.get_submodule(family.attn_out),
+        "ffn_in": layer.get_submodule(family.ffn_in),
+        "ffn_out": layer.get_submodule(family.ffn_out),
     }
+    attn = getattr(getattr(layer, "attention", None), "self", None)
+    for role in ("query", "key", "value"):
+        if isinstance(getattr(attn, role, None), torch.nn.Linear):
+            out[role] = getattr(attn, role)
+    return out
 
 
-# Per-dimension roles of the weights of a BERT-family encoder layer (matched in this order:
-# ".attention.output.dense." also ends in ".output.dense.").
-_LAYER_ROLES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    (".attention.self.query.", ("heads", "hidden")),
-    (".attention.self.key.", ("heads", "hidden")),
-    (".attention.self.value.", ("heads", "hidden")),
-    (".attention.output.dense.", ("hidden", "heads")),
-    (".intermediate.dense.", ("ffn", "hidden")),
-    (".output.dense.", ("hidden", "ffn")),
-)
-_LAYER_INDEX = re.compile(r"\.layer\.(\d+)\.")
+def layer_roles(family: Family) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Per-dimension roles of a layer's weights, matched in order. Families without
+    ``slice_roles`` slice only the feed-forward block: its input Linear's rows ('ffn', or
+    'ffn_glu' for [value; gate] halves) and its output Linear's columns; the attention
+    output comes first because ``.attention.output.dense.`` also ends in ``.output.dense.``."""
+    if family.slice_roles is not None:
+        return family.slice_roles
+    return (
+        (f".{family.attn_out}.", ("hidden", "hidden")),
+        (f".{family.ffn_in}.", ("ffn_glu" if family.glu else "ffn", "hidden")),
+        (f".{family.ffn_out}.", ("hidden", "ffn")),
+    )
 
 
-def dim_roles(name: str, shape: tuple[int, ...], width: int) -> tuple[str | None, ...]:
-    """What each dim of parameter ``name`` indexes: 'hidden', 'heads', 'ffn' or None.
+def _layer_index(family: Family) -> re.Pattern[str]:
+    return re.compile(rf"(?:^|\.){re.escape(family.layer_key)}\.(\d+)\.")
+
+
+def dim_roles(
+    name: str, shape: tuple[int, ...], width: int, family: Family = BERT
+) -> tuple[str | None, ...]:
+    """What each dim of parameter ``name`` indexes: 'hidden', 'heads', 'ffn', 'ffn_glu' or
+    None.
 
     The encoder layers' Linears and the embedding tables are named; everything else
     (LayerNorms, pooler, classification head, ELECTRA's embedding projection) indexes the
     residual stream in every dim whose size is the hidden ``width``.
     """
-    if _LAYER_INDEX.search(name):
-        for part, roles in _LAYER_ROLES:
+    if _layer_index(family).search(name):
+        for part, roles in layer_roles(family):
             if part in name:
                 return roles[: len(shape)]
     if name.endswith("_embeddings.weight"):  # [vocab or positions, width (or ELECTRA's E)]
@@ -134,12 +149,13 @@ class _Meter:
 def measure_importance(model: torch.nn.Module, batches) -> Importance:
     """Run ``model`` (eval, no grad) over ``batches`` (dicts of model inputs holding an
     ``attention_mask``) and score every hidden dim, head and FFN neuron."""
-    cfg = model.config
+    cfg, family = model.config, family_of_model(model)
     width, head_dim = cfg.hidden_size, cfg.hidden_size // cfg.num_attention_heads
+    n_ffn = int(getattr(cfg, family.keys.ffn))
     layers = encoder_layers(model)
     hidden = _Meter(width)
     heads = [_Meter(cfg.num_attention_heads, head_dim) for _ in layers]
-    ffn = [_Meter(cfg.intermediate_size) for _ in layers]
+    ffn = [_Meter(n_ffn) for _ in layers]
     mask: dict[str, torch.Tensor] = {}
     hooks = []
 
@@ -150,11 +166,12 @@ def measure_importance(model: torch.nn.Module, batches) -> Importance:
         return lambda module, args, out: meter.add(args[0], mask["m"])
 
     for name, module in model.named_modules():
-        is_ln = isinstance(module, torch.nn.LayerNorm) and "LayerNorm" in name.split(".")[-1]
-        if is_ln and module.normalized_shape == (width,):
+        is_ln = isinstance(module, torch.nn.LayerNorm) and name.split(".")[-1] in family.norms
+        shared = any(name.endswith(s) for s in family.shared)  # e.g. DeBERTa's position norm
+        if is_ln and not shared and module.normalized_shape == (width,):
             hooks.append(module.register_forward_hook(on_output(hidden)))
     for i, layer in enumerate(layers):
-        lin = _layer_linears(layer)
+        lin = _layer_linears(layer, family)
         hooks.append(lin["attn_out"].register_forward_hook(on_input(heads[i])))
         hooks.append(lin["ffn_out"].register_forward_hook(on_input(ffn[i])))
     was_training = model.training
@@ -176,7 +193,7 @@ def measure_importance(model: torch.nn.Module, batches) -> Importance:
     def out_norms(w: torch.Tensor, n: int) -> torch.Tensor:  # per column group of W_out
         return w.detach().double().cpu().reshape(w.shape[0], n, -1).pow(2).sum((0, 2)).sqrt()
 
-    lins = [_layer_linears(layer) for layer in layers]
+    lins = [_layer_linears(layer, family) for layer in layers]
     return Importance(
         hidden=hidden.mean(),
         heads=[
@@ -184,7 +201,7 @@ def measure_importance(model: torch.nn.Module, batches) -> Importance:
             for m, lin in zip(heads, lins, strict=True)
         ],
         ffn=[
-            m.mean() * out_norms(lin["ffn_out"].weight, cfg.intermediate_size)
+            m.mean() * out_norms(lin["ffn_out"].weight, n_ffn)
             for m, lin in zip(ffn, lins, strict=True)
         ],
     )
@@ -201,19 +218,27 @@ def width_plan(
 ) -> WidthPlan:
     """Which hidden dims, heads and FFN neurons a student of these widths keeps, measured
     on ``batches`` of calibration text (``measure_importance``)."""
-    cfg = model.config
+    cfg, family = model.config, family_of_model(model)
+    n_ffn = int(getattr(cfg, family.keys.ffn))
     problem = width_problem(
         cfg.hidden_size,
         cfg.num_attention_heads,
-        cfg.intermediate_size,
+        n_ffn,
         hidden=hidden_size,
         ffn=intermediate_size,
     )
     if problem is not None:
         raise ModelError(problem[1], fix=problem[2])
+    if family.slice_roles is None and hidden_size not in (None, cfg.hidden_size):
+        raise ModelError(
+            f"student.hidden_size {hidden_size}: kdeploy slices only the feed-forward width "
+            f"of {family.name} students ({family.why_no_hidden_slicing})",
+            fix="set student.hidden_size: null; student.intermediate_size or "
+            "student.intermediate_fraction still narrow the feed-forward block",
+        )
     head_dim = cfg.hidden_size // cfg.num_attention_heads
     hidden = hidden_size or cfg.hidden_size
-    ffn = intermediate_size or cfg.intermediate_size
+    ffn = intermediate_size or n_ffn
     imp = measure_importance(model, batches)
     return WidthPlan(
         hidden=_top(imp.hidden, hidden),
@@ -223,53 +248,70 @@ def width_plan(
     )
 
 
-def _narrow_config(config, plan: WidthPlan):
+def _narrow_config(config, plan: WidthPlan, family: Family):
     cfg = copy.deepcopy(config)
-    if getattr(cfg, "embedding_size", None) == cfg.hidden_size:  # ELECTRA: no projection
-        cfg.embedding_size = plan.hidden_size
-    cfg.hidden_size = plan.hidden_size
-    cfg.num_attention_heads = plan.hidden_size // plan.head_dim
-    cfg.intermediate_size = plan.intermediate_size
+    if plan.hidden_size != cfg.hidden_size:
+        if getattr(cfg, "embedding_size", None) == cfg.hidden_size:  # ELECTRA: no projection
+            cfg.embedding_size = plan.hidden_size
+        cfg.hidden_size = plan.hidden_size
+        cfg.num_attention_heads = plan.hidden_size // plan.head_dim
+    setattr(cfg, family.keys.ffn, plan.intermediate_size)
     return cfg
 
 
-def _indices(plan: WidthPlan, role: str, name: str) -> torch.Tensor:
+def _indices(plan: WidthPlan, role: str, name: str, size: int, family: Family) -> torch.Tensor:
+    """Indices ``plan`` keeps along a dim of ``size`` with this role."""
     if role == "hidden":
         return plan.hidden
-    match = _LAYER_INDEX.search(name)
+    match = _layer_index(family).search(name)
     if match is None:
         raise ModelError(f"cannot slice {name}: '{role}' dims outside an encoder layer")
     layer = int(match.group(1))
     if role == "ffn":
         return plan.ffn[layer]
+    if role == "ffn_glu":  # rows [value; gate]: neuron j is row j and row size/2 + j
+        kept = plan.ffn[layer]
+        return torch.cat([kept, kept + size // 2])
+    if role == "qkv_heads":  # rows [q; k; v]: the kept heads' rows in each third
+        heads = _head_rows(plan, layer)
+        return torch.cat([heads + k * (size // 3) for k in range(3)])
+    return _head_rows(plan, layer)
+
+
+def _head_rows(plan: WidthPlan, layer: int) -> torch.Tensor:
+    """The rows (or columns) of the kept heads of ``layer``, head_dim each."""
     heads = plan.heads[layer]
     return (heads[:, None] * plan.head_dim + torch.arange(plan.head_dim)).reshape(-1)
 
 
-def slice_tensor(name: str, tensor: torch.Tensor, width: int, plan: WidthPlan) -> torch.Tensor:
+def slice_tensor(
+    name: str, tensor: torch.Tensor, width: int, plan: WidthPlan, family: Family = BERT
+) -> torch.Tensor:
     """``tensor`` (the teacher's ``name``) restricted to the units ``plan`` keeps."""
     out = tensor
-    for d, role in enumerate(dim_roles(name, tuple(tensor.shape), width)):
+    for d, role in enumerate(dim_roles(name, tuple(tensor.shape), width, family)):
         if role is not None:
-            out = out.index_select(d, _indices(plan, role, name).to(out.device))
+            idx = _indices(plan, role, name, out.shape[d], family)
+            out = out.index_select(d, idx.to(out.device))
     return out
 
 
 def slice_model(model: torch.nn.Module, plan: WidthPlan) -> torch.nn.Module:
     """A new model of ``model``'s class and the plan's widths, holding the kept weights."""
-    width = model.config.hidden_size
-    student = type(model)(_narrow_config(model.config, plan))
+    width, family = model.config.hidden_size, family_of_model(model)
+    student = type(model)(_narrow_config(model.config, plan, family))
     source = model.state_dict()
     sliced = {}
     for name, want in student.state_dict().items():
         if name not in source:
             raise ModelError(f"cannot slice {type(model).__name__}: no teacher weight {name}")
-        got = slice_tensor(name, source[name], width, plan)
+        got = slice_tensor(name, source[name], width, plan, family)
         if got.shape != want.shape:
             raise ModelError(
                 f"cannot slice {type(model).__name__}: {name} sliced to {tuple(got.shape)}, "
                 f"the student needs {tuple(want.shape)}",
-                fix="narrow students support BERT-family layouts (bert, roberta, electra)",
+                fix=f"report this: {family.name}'s layout (kdeploy/families.py) does not "
+                "describe this weight",
             )
         sliced[name] = got.clone()
     student.load_state_dict(sliced, strict=True)

@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("products", ("kdeploy.packaging", "kdeploy.report")),
     ("work", ("kdeploy.train", "kdeploy.evaluation")),
     ("inputs", ("kdeploy.config", "kdeploy.data", "kdeploy.model_info")),
-    ("graph", ("kdeploy.runtime", "kdeploy.onnxtools")),
+    ("graph", ("kdeploy.runtime", "kdeploy.onnxtools", "kdeploy.families")),
     ("core", ("kdeploy.core", "kdeploy")),
 ]
 # within kdeploy.stages: the registry (__init__) imports every stage; a stage only the base

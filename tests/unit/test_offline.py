@@ -89,7 +89,9 @@ def test_default_job_runs_without_network(no_network, tmp_path):
     out = tmp_path / "run"
     overrides = ["distill.epochs=1", "bench.iterations=3", "bench.throughput_texts=64",
                  "bench.batch_sizes=[1,8]", "verify.budgets.min_retention=0.01",
-                 "verify.budgets.min_speedup=null", "verify.budgets.max_latency=null"]  # fmt: skip
+                 "verify.budgets.min_speedup=null", "verify.budgets.max_latency=null",
+                 "verify.budgets.min_neighbour_recall=null",
+                 "verify.budgets.min_probe_retention=null"]  # fmt: skip
     sets = [x for o in overrides for x in ("--set", o)]
     res = CliRunner().invoke(
         cli, ["compress", "--data", str(data), "--out", str(out), "--no-progress", *sets],

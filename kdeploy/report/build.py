@@ -163,7 +163,9 @@ def chain_rows(
             and name in v_models
             and v.get("retention") is not None
         ):
-            budget_rows = check_budgets(budgets, v_models, bench, name)
+            budget_rows = check_budgets(
+                budgets, v_models, bench, name, (verify or {}).get("transfer")
+            )
         rows.append(
             {
                 "model": name,

@@ -123,3 +123,29 @@ def test_speedup_budget_is_not_checked_against_its_own_reference():
     assert mine["min_speedup"]["value"] == 2.0 and mine["min_speedup"]["passed"]
     base = {r["name"] for r in check_budgets(budgets, results, bench, "teacher_int8")}
     assert "min_speedup" not in base and "min_retention" in base
+
+
+def test_chain_budgets_include_the_transfer_figures(tiny_run):
+    """The chain table checks each model's transfer budgets against verify's transfer
+    block, as verify does for the deployed model (not 'not measured' for every model)."""
+    from kdeploy.config import load_profile
+    from kdeploy.report.build import chain_rows
+
+    r = _report(tiny_run)
+    manifest = json.loads((tiny_run / "manifest.json").read_text())
+    bench = json.loads((tiny_run / "bench" / "bench.json").read_text())
+    verify = json.loads((tiny_run / "verify" / "verify.json").read_text())
+    names = ["teacher_fp32", "teacher_int8", "student_fp32", "student_int8"]
+    recall = dict(zip(names, [1.0, 0.8, 0.7, 0.6], strict=True))
+    verify["transfer"] = {
+        "applicable": True,
+        "models": {n: {"neighbour_recall": recall[n], "probe_retention": 0.99} for n in names},
+    }
+    budgets = load_profile(
+        "cpu-int8", ["verify.budgets.min_neighbour_recall={over: teacher_fp32, ratio: 0.65}"]
+    ).profile.verify.budgets
+    rows = {x["model"]: x for x in chain_rows(manifest, bench, verify, budgets, {})}
+    assert rows["student_fp32"]["budgets"]["min_neighbour_recall"] is True
+    assert rows["student_int8"]["budgets"]["min_neighbour_recall"] is False  # 0.6 < 0.65
+    assert rows["student_int8"]["budgets"]["min_probe_retention"] is True
+    assert r["chain"]  # the fixture's own report is there too

@@ -27,21 +27,16 @@ from tests.conftest import (
     build_tiny_st,
     real_sentences,
 )
+from tests.unit.test_sparsify_qat import SPARSE_QAT
 
 # every stage on the tiny models: 3/4 feed-forward width, every KD loss of the task, 2:4
 # sparsity, modelopt INT8 QAT (Q/DQ), the teacher's ONNX Runtime dynamic INT8 baseline;
 # random models have no retention worth a budget
 ALL_STAGES = [
-    *TINY_OVERRIDES,
+    *SPARSE_QAT,
     "student.intermediate_fraction=0.75",
     "distill.losses.hidden_mse=1.0",
     "distill.losses.attention_kl=1.0",
-    "sparsify.enabled=true",
-    "sparsify.min_features=8",
-    "quantize.method=qat",
-    "quantize.format=qdq",
-    "quantize.activation_type=int8",
-    "quantize.calibration_texts=64",
     "verify.budgets.min_retention=null",
 ]
 STAGES = ["distill", "sparsify", "export", "quantize", "bench", "verify", "package"]

@@ -46,9 +46,10 @@ def test_onnx_runtime_targets_equal_torch_for_an_embedding_teacher(tiny_bert, tm
 
 
 def test_st_teacher_targets_stay_before_dense_and_normalize(tmp_path):
-    """A sentence-transformers teacher (MPNet: no token types) with CLS pooling, Dense and Normalize: the targets
-    are the pooled transformer output, as in torch (the exported graph is cut before the
-    pooling, so ONNX Runtime's numbers are not the normalised Dense output)."""
+    """A sentence-transformers teacher (MPNet: no token types) with CLS pooling, Dense and
+    Normalize: the targets are the pooled transformer output, as in torch (the exported
+    graph is cut before the pooling, so ONNX Runtime's numbers are not the normalised Dense
+    output)."""
     st = build_tiny_st(tmp_path / "st", "mpnet", pooling="cls", dense=24)
     ref, got, record = _both(st, tmp_path, "embedding")
     assert record.engine == "onnxruntime"

@@ -226,7 +226,9 @@ class EngineChoice:
 def pick_engine(engines: list[EngineChoice]) -> EngineChoice:
     """The fastest model that meets every budget; when none does, the one that meets the
     most of them, then the fastest (its missed budgets then fail the run)."""
-    return max(
-        engines,
-        key=lambda e: (e.passed, sum(b["passed"] for b in e.budgets), e.sentences_per_s or 0.0),
-    )
+
+    def key(e: EngineChoice) -> tuple:
+        met = 0 if e.passed else sum(b["passed"] for b in e.budgets)
+        return (e.passed, met, e.sentences_per_s or 0.0)
+
+    return max(engines, key=key)

@@ -72,9 +72,13 @@ def check_config(cfg: Any, model_dir: Path) -> list[str]:
     model_file = model_file_of(cfg, model_dir)
     if not model_file.is_file():
         return [*problems, f"model file {model_file} is missing"]
-    for suffix in COMPANIONS.get(model_file.suffix.lower(), ()):
-        if not model_file.with_suffix(suffix).is_file():
-            problems.append(f"{model_file.name} needs its {suffix} file beside it")
+    missing = [
+        s
+        for s in COMPANIONS.get(model_file.suffix.lower(), ())
+        if not model_file.with_suffix(s).is_file()
+    ]
+    if missing:  # (the graph cannot be read without them)
+        return [*problems, f"{model_file.name} needs its {', '.join(missing)} file beside it"]
     return [
         *problems,
         *_graph_problems(cfg, model_file),

@@ -140,6 +140,9 @@ def test_smoke_vs_baselines(tiny_run_copy, tmp_path, monkeypatch):
     mod.main([*argv, "--write", "--results", str(out)])
     body = written(out, "vs_baselines", "vs_baselines")
     assert "| teacher optimum+ORT dyn INT8 |" in body and "| kdeploy student_int8 |" in body
+    # the strongest CPU peer and kdeploy's OpenVINO model, ratios against the faster peer
+    assert "| teacher OpenVINO NNCF INT8 |" in body and "| kdeploy student_openvino |" in body
+    assert "x strongest peer (b8)" in body and "strongest peer at batch 8: teacher" in body
 
 
 def test_smoke_cpu_variants(tiny_run_copy, tmp_path):

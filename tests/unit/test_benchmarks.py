@@ -148,10 +148,12 @@ def test_smoke_vs_baselines(tiny_run_copy, tmp_path, monkeypatch):
 def test_smoke_cpu_variants(tiny_run_copy, tmp_path):
     out = tmp_path / "R.md"
     argv = ["--run", str(tiny_run_copy), "--rounds", "1", "--latency-texts", "4"]
-    argv += ["--only", "dyn-s8-pc", "dyn-matmul", "--work", str(tmp_path / "v")]
+    argv += ["--only", "dyn-s8-pc", "dyn-matmul", "ov-nncf", "ov-static-qdq-s8s8"]
+    argv += ["--work", str(tmp_path / "v")]
     bench_module("cpu_variants").main([*argv, "--write", "--results", str(out)])
     body = written(out, "cpu_variants", "cpu_variants")
     assert "| dyn-s8-pc |" in body and "| teacher optimum dyn-INT8 |" in body
+    assert "| ov-nncf |" in body and "| ov-static-qdq-s8s8 |" in body
 
 
 def test_smoke_distill_sweep(tiny_bert, stsb_small, sst2_small, tmp_path):

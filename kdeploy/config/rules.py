@@ -332,7 +332,6 @@ def openvino_needs_int8_quantize(p: Profile) -> None:
 
 PROFILE = (
     device_has_what_the_profile_uses,
-    openvino_needs_int8_quantize,
     no_fp8_quantizer,
     trt_batches_fit_the_engine,
     trt_parses_no_contrib_ops,
@@ -343,6 +342,7 @@ PROFILE = (
     bench_grid_is_exported,
     distill_length_is_exported,
     precision_matches_quantize,
+    openvino_needs_int8_quantize,
     preferred_batches_fit,
     speedup_baseline_exists,
     recall_baseline_exists,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import re
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -132,11 +133,13 @@ def test_smoke_runtime_overhead(tiny_run, stsb_small, tmp_path):
     assert "runtime output == hand output: True" in body and "| bucketed |" in body
 
 
-def test_smoke_vs_baselines(tiny_run_copy, tmp_path, monkeypatch):
+def test_smoke_vs_baselines(tiny_ov_run, tmp_path, monkeypatch):
     mod = bench_module("vs_baselines")
     monkeypatch.setattr(mod, "CACHE", tmp_path / "cache")
     out = tmp_path / "R.md"
-    argv = ["--run", str(tiny_run_copy), "--rounds", "1", "--batches", "1", "8", "--bucket"]
+    run = tmp_path / "run"
+    shutil.copytree(tiny_ov_run, run)
+    argv = ["--run", str(run), "--rounds", "1", "--batches", "1", "8", "--bucket"]
     mod.main([*argv, "--write", "--results", str(out)])
     body = written(out, "vs_baselines", "vs_baselines")
     assert "| teacher optimum+ORT dyn INT8 |" in body and "| kdeploy student_int8 |" in body

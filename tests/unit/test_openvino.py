@@ -31,10 +31,10 @@ def _feeds(model_dir: Path, texts: list[str]) -> dict:
     return TextEncoder(model_dir / card.tokenizer_file, card.max_seq_length).encode(texts)
 
 
-def test_openvino_runner_reads_onnx_like_onnx_runtime(tiny_run):
+def test_openvino_runner_reads_onnx_like_onnx_runtime(tiny_ov_run):
     """fp32 ONNX through OpenVINO and through ONNX Runtime: the same numbers (to OpenVINO's
     CPU kernels' own rounding: ~1e-4 on outputs of ~1)."""
-    src = tiny_run / "export" / "student"
+    src = tiny_ov_run / "export" / "student"
     feeds = _feeds(src, real_sentences(16))
     out = "sentence_embedding"
     with OrtRunner(src / "model.onnx", outputs=[out]) as a:
@@ -48,14 +48,14 @@ def test_openvino_runner_reads_onnx_like_onnx_runtime(tiny_run):
         assert cos.min() > 0.99999
 
 
-def test_openvino_runner_errors_name_the_file(tiny_run, tmp_path):
+def test_openvino_runner_errors_name_the_file(tiny_ov_run, tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
         OpenVinoRunner(tmp_path / "model.xml").__enter__()
     broken = tmp_path / "model.xml"
     broken.write_text("<net>not a model")
     with pytest.raises(ModelError, match="OpenVINO cannot load"):
         OpenVinoRunner(broken).__enter__()
-    ov_dir = tiny_run / "quantize" / "openvino"
+    ov_dir = tiny_ov_run / "quantize" / "openvino"
     with pytest.raises(ModelError, match="has no output"):
         OpenVinoRunner(ov_dir / "model.xml", outputs=["logits"]).__enter__()
     with pytest.raises(ModelError, match="performance hint"):
@@ -75,31 +75,31 @@ def test_compile_config_uses_openvino_property_names():
     assert cfg[props.inference_num_threads()] == "3"
 
 
-def test_nncf_int8_model_dir_runs_in_the_runtime(tiny_run):
+def test_nncf_int8_model_dir_runs_in_the_runtime(tiny_ov_run):
     """The quantize stage's OpenVINO model: IR + card, FakeQuantize on the GEMMs, close to
     the fp32 student, opened by kdeploy.runtime's Encoder through the card."""
     import openvino as ov
 
-    ov_dir = tiny_run / "quantize" / "openvino"
+    ov_dir = tiny_ov_run / "quantize" / "openvino"
     card = ModelCard.load(ov_dir)
     assert card.model_file == "model.xml" and card.precision == "int8"
     assert card.extra["engine"] == "openvino" and card.extra["int8"] == "nncf"
     assert (ov_dir / "model.bin").is_file()
     ops = [op.get_type_name() for op in ov.Core().read_model(str(ov_dir / "model.xml")).get_ops()]
     assert ops.count("FakeQuantize") >= 8  # 2 layers x (Q, K, V, out, FFN in, FFN out) inputs
-    metrics = json.loads((tiny_run / "manifest.json").read_text())["stages"]["quantize"]
+    metrics = json.loads((tiny_ov_run / "manifest.json").read_text())["stages"]["quantize"]
     record = metrics["metrics"]["openvino"]
     assert record["method"] == "nncf" and record["calibration_texts"] > 0
     assert record["mean_centred_cosine"] > 0.9
     texts = real_sentences(8)
-    with Encoder(ov_dir) as enc, Encoder(tiny_run / "export" / "student") as ref:
+    with Encoder(ov_dir) as enc, Encoder(tiny_ov_run / "export" / "student") as ref:
         got, want = enc.embed(texts), ref.embed(texts)
     assert got.shape == want.shape
     cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     assert cos.min() > 0.95
 
 
-def test_qdq_graph_read_by_openvino(tiny_run, tmp_path):
+def test_qdq_graph_read_by_openvino(tiny_ov_run, tmp_path):
     """int8 'qdq': OpenVINO takes an existing Q/DQ graph as is (each Q/DQ pair becomes a
     FakeQuantize) instead of quantizing the fp32 one."""
     import onnx
@@ -108,7 +108,7 @@ def test_qdq_graph_read_by_openvino(tiny_run, tmp_path):
     from kdeploy.train.openvino_int8 import openvino_int8
     from kdeploy.train.quantize import _TextCalibration
 
-    src = tiny_run / "export" / "student"
+    src = tiny_ov_run / "export" / "student"
     qdq = tmp_path / "qdq.onnx"
     names = [i.name for i in onnx.load(str(src / "model.onnx")).graph.input]
     quantize_static(
@@ -138,8 +138,8 @@ def test_qdq_graph_read_by_openvino(tiny_run, tmp_path):
         )
 
 
-def test_runner_factory_picks_openvino_for_ir_files(tiny_run):
-    runner = open_model_file(tiny_run / "quantize" / "openvino" / "model.xml")
+def test_runner_factory_picks_openvino_for_ir_files(tiny_ov_run):
+    runner = open_model_file(tiny_ov_run / "quantize" / "openvino" / "model.xml")
     assert isinstance(runner, OpenVinoRunner)
 
 
@@ -169,24 +169,24 @@ def test_the_fastest_engine_within_budgets_wins():
     assert "no engine meets every budget" in win.reason([ort_bad, ov_bad])
 
 
-def test_candidates_follow_the_profile_engines(tiny_run):
+def test_candidates_follow_the_profile_engines(tiny_ov_run):
     from kdeploy.engine.rundir import open_run
 
-    models = open_run(tiny_run).models
+    models = open_run(tiny_ov_run).models
     assert deploy_candidates(models, ["ort", "openvino"]) == ["student_int8", "student_openvino"]
     assert deploy_candidates(models, ["ort"]) == ["student_int8"]
     assert deploy_candidates(models, ["openvino"]) == ["student_openvino"]
     assert deploy_candidates(models, ["trt"]) == ["student_int8"]  # engine not built yet
 
 
-def test_verify_deploys_what_bench_measured_fastest(tiny_run, stsb_small):
+def test_verify_deploys_what_bench_measured_fastest(tiny_ov_run, stsb_small):
     """Real models and metrics; the bench figures decide: swap which engine is faster and
     the deployed model follows."""
     from kdeploy.engine.rundir import open_run
 
-    models = open_run(tiny_run).models
-    profile = load_profile("cpu-int8", TINY_OVERRIDES).profile
-    bench = json.loads((tiny_run / "bench" / "bench.json").read_text())
+    models = open_run(tiny_ov_run).models
+    profile = load_profile("cpu-int8", [*TINY_OVERRIDES, "target.engines=[ort, openvino]"]).profile
+    bench = json.loads((tiny_ov_run / "bench" / "bench.json").read_text())
     for fast, slow in (("student_openvino", "student_int8"), ("student_int8", "student_openvino")):
         bench["models"][fast]["throughput"]["sentences_per_s"] = 2000.0
         bench["models"][slow]["throughput"]["sentences_per_s"] = 1000.0
@@ -196,15 +196,15 @@ def test_verify_deploys_what_bench_measured_fastest(tiny_run, stsb_small):
         assert "2.00x" in v["deploy_reason"]
 
 
-def test_the_run_records_and_packages_its_choice(tiny_run):
-    verify = json.loads((tiny_run / "verify" / "verify.json").read_text())
+def test_the_run_records_and_packages_its_choice(tiny_ov_run):
+    verify = json.loads((tiny_ov_run / "verify" / "verify.json").read_text())
     assert {e["engine"] for e in verify["engines"]} == {"ort", "openvino"}
     deployed = verify["deploy"]
     src = models_of({"student_int8": Path("a"), "student_openvino": Path("b")})
     assert deployed in src
-    card = ModelCard.load(tiny_run / "package" / "deploy")
+    card = ModelCard.load(tiny_ov_run / "package" / "deploy")
     assert card.model_file == ("model.xml" if deployed == "student_openvino" else "model.onnx")
-    md = (tiny_run / "package" / "report.md").read_text()
+    md = (tiny_ov_run / "package" / "report.md").read_text()
     assert "## Engines (picked by measurement)" in md
     assert verify["deploy_reason"] in md
 
@@ -212,13 +212,13 @@ def test_the_run_records_and_packages_its_choice(tiny_run):
 # ------------------------------------------------------------------ Triton
 
 
-def test_triton_repository_for_an_openvino_model(tiny_run, tmp_path):
+def test_triton_repository_for_an_openvino_model(tiny_ov_run, tmp_path):
     from kdeploy.packaging.triton import write_model_repository
     from kdeploy.packaging.triton_check import check_config, load_config
 
-    profile = load_profile("cpu-int8", TINY_OVERRIDES).profile
+    profile = load_profile("cpu-int8", [*TINY_OVERRIDES, "target.engines=[ort, openvino]"]).profile
     repo = tmp_path / "repo"
-    info = write_model_repository(repo, tiny_run / "quantize" / "openvino", profile, name="m")
+    info = write_model_repository(repo, tiny_ov_run / "quantize" / "openvino", profile, name="m")
     assert info["platform"] == "openvino"
     cfg = load_config(repo / "m" / "config.pbtxt")
     assert cfg.backend == "openvino" and cfg.platform == ""
@@ -241,7 +241,7 @@ def test_triton_repository_for_an_openvino_model(tiny_run, tmp_path):
     [
         (["target.engines=[ort, ort]"], "twice"),
         (["target.engines=[openvino]"], "must be one of engines"),
-        (["quantize.enabled=false"], "needs quantize.enabled"),
+        (["quantize.enabled=false", "target.precision=fp32"], "needs quantize.enabled"),
         (["target.openvino.int8=qdq"], "quantize.format: qdq"),
     ],
 )

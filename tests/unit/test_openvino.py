@@ -7,6 +7,7 @@ engines), real STS-B sentences; nothing mocked but the bench figures in the pick
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -260,3 +261,40 @@ def test_openvino_is_refused_on_gpu_targets():
 def test_a_cpu_profile_with_only_openvino():
     profile = load_profile("cpu-int8", ["target.runtime=openvino", "target.engines=null"])
     assert profile.profile.target.engine_list() == ["openvino"]
+
+
+def test_an_openvino_only_profile_deploys_and_serve_checks_the_openvino_model(
+    tiny_ov_run, tiny_bert, stsb_small, tmp_path
+):
+    """runtime openvino alone: the same run re-verified deploys the OpenVINO model (verify's
+    key holds the engines), the package ships model.xml, its Triton repository uses the
+    OpenVINO backend, and serve-check replays the reference through both."""
+    from kdeploy.api import RunRequest, run_pipeline, serve_check
+    from kdeploy.engine.manifest import load_manifest
+    from kdeploy.stages import RunOptions
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_ov_run, run)
+    logs: list[str] = []
+    run_pipeline(
+        RunRequest(
+            profile=load_profile(
+                "cpu-int8", [*TINY_OVERRIDES, "target.runtime=openvino", "target.engines=null"]
+            ),
+            model_dir=tiny_bert,
+            data_dir=stsb_small,
+            out_dir=run,
+            options=RunOptions(progress=False),
+        ),
+        log=logs.append,
+    )
+    assert any("[quantize] up to date" in line for line in logs), logs
+    assert any(line.startswith("[verify] running") for line in logs), logs
+    verify = json.loads((run / "verify" / "verify.json").read_text())
+    assert verify["deploy"] == "student_openvino" and len(verify["engines"]) == 1
+    assert ModelCard.load(run / "package" / "deploy").model_file == "model.xml"
+    assert load_manifest(run).stages["package"].metrics["deploy_from"] == "student_openvino"
+    triton = next((run / "package" / "triton").iterdir())
+    assert (triton / "1" / "model.xml").is_file() and (triton / "1" / "model.bin").is_file()
+    result = serve_check(run, log=lambda m: None)
+    assert result["passed"], result

@@ -76,6 +76,13 @@ def test_compress_minilm_on_stsb(minilm, tmp_path):
     assert rows["student_fp32"]["layers"] == 3
     assert rows["student_int8"]["retention"] > 0.85
     assert rows["student_int8"]["sentences_per_s"] > rows["teacher_fp32"]["sentences_per_s"]
+    # both CPU engines measured and checked; the deployed one is one of them
+    assert rows["student_openvino"]["retention"] > 0.85
+    engines = {e["engine"]: e for e in report["verify"]["engines"]}
+    assert set(engines) == {"ort", "openvino"}
+    assert report["verify"]["deploy"] in {e["model"] for e in engines.values()}
+    # the KD targets came from ONNX Runtime, checked against torch on the longest texts
+    assert "teacher targets by onnxruntime" in res.stdout + res.stderr
     assert report["verify"]["split"] == "test"
     assert report["verify"]["models"]["teacher_fp32"]["examples"] == 1379
     val = report["export"]["student"]["validation"]

@@ -317,47 +317,39 @@ TRT_TINY = [
 ]
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, tiny_bert, stsb_small) -> Path:
-    """A finished cpu-int8 run of the tiny BERT (do not modify; copy it first)."""
+def _finished_run(out: Path, model: Path, data: Path, overrides: list[str]) -> Path:
+    """A cpu-int8 run of ``model`` on ``data`` with ``overrides``, run to the end."""
     from kdeploy.api import RunRequest, run_pipeline
     from kdeploy.config import load_profile
     from kdeploy.stages import RunOptions
 
-    out = tmp_path_factory.mktemp("runs") / "tiny"
     run_pipeline(
         RunRequest(
-            profile=load_profile("cpu-int8", TINY_OVERRIDES),
-            model_dir=tiny_bert,
-            data_dir=stsb_small,
+            profile=load_profile("cpu-int8", overrides),
+            model_dir=model,
+            data_dir=data,
             out_dir=out,
             options=RunOptions(progress=False),
         ),
         log=lambda m: None,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_bert, stsb_small) -> Path:
+    """A finished cpu-int8 run of the tiny BERT (do not modify; copy it first)."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    return _finished_run(out, tiny_bert, stsb_small, TINY_OVERRIDES)
 
 
 @pytest.fixture(scope="session")
 def tiny_ov_run(tmp_path_factory, tiny_bert, stsb_small) -> Path:
     """A finished cpu-int8 run of the tiny BERT with both CPU engines (ONNX Runtime and
     OpenVINO), as the profile ships (do not modify; copy it first)."""
-    from kdeploy.api import RunRequest, run_pipeline
-    from kdeploy.config import load_profile
-    from kdeploy.stages import RunOptions
-
     out = tmp_path_factory.mktemp("runs") / "tiny-ov"
-    run_pipeline(
-        RunRequest(
-            profile=load_profile("cpu-int8", [*TINY_OVERRIDES, "target.engines=[ort, openvino]"]),
-            model_dir=tiny_bert,
-            data_dir=stsb_small,
-            out_dir=out,
-            options=RunOptions(progress=False),
-        ),
-        log=lambda m: None,
-    )
-    return out
+    overrides = [*TINY_OVERRIDES, "target.engines=[ort, openvino]"]
+    return _finished_run(out, tiny_bert, stsb_small, overrides)
 
 
 @pytest.fixture

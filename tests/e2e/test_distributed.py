@@ -3,7 +3,8 @@
 - A 2-process run of the tiny BERT through the whole cpu-int8 pipeline writes the same
   artifact layout as the 1-process run (``tiny_run``, the same profile, data and global
   batch), takes the same number of optimizer steps, and its student lands within a stated
-  tolerance of the 1-process student (dev score, KD loss, verify's task metric).
+  tolerance of the 1-process student (dev score, KD loss, verify's task metric). Without
+  dropout, 2 processes and 1 train the same weights (float summation order aside).
 - SIGINT to the launcher mid-training stops every rank; the rerun resumes from the last
   checkpoint, with 2 processes or with 1 (checkpoints do not depend on the world size).
 - A rank that raises makes its stage fail on every rank: the failing rank says why, every
@@ -39,11 +40,13 @@ ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "OMP_NUM_THREADS": "1",
 }
-# the 2-process student vs the 1-process one at the same global batch (dropout masks and the
-# order of float sums differ): measured 0.1-0.8 dev points and < 2% in KD loss on the tiny BERT
-DEV_TOLERANCE = 2.0  # STS-B dev Spearman x100
-LOSS_TOLERANCE = 0.05  # relative, last-epoch KD loss
-METRIC_TOLERANCE = 2.0  # verify's task metric of the INT8 student, x100
+# the 2-process student vs the 1-process one at the same global batch, with dropout (each rank
+# draws its own masks): measured 1.0 dev points, 4% in KD loss and 0.1 in verify's metric on
+# the tiny BERT (17 steps); without dropout the two students are the same (the last test)
+DEV_TOLERANCE = 3.0  # STS-B dev Spearman x100
+LOSS_TOLERANCE = 0.10  # relative, last-epoch KD loss
+METRIC_TOLERANCE = 3.0  # verify's task metric of the INT8 student, x100
+SAME_WEIGHTS = 1e-5  # max |diff| of any weight, without dropout (measured 1e-6)
 
 
 def torchrun(procs: int, *args: str) -> list[str]:
@@ -184,3 +187,26 @@ def test_a_rank_that_raises_fails_the_stage_everywhere(tiny_bert, stsb_small, tm
     res = launch([sys.executable, "-m", "kdeploy", *args, "--until", "distill"])
     assert res.returncode == 0, res.stderr[-4000:]
     assert "[distill] done" in res.stderr
+
+
+def test_without_dropout_two_processes_train_the_same_student(tiny_bert, stsb_small, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    model = tmp_path / "no-dropout"
+    shutil.copytree(tiny_bert, model)
+    config = json.loads((model / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (model / "config.json").write_text(json.dumps(config))
+    students = []
+    for procs in (1, 2):
+        out = tmp_path / f"p{procs}"
+        args = [*compress_args(model, stsb_small, out, "distill.epochs=2"), "--until", "distill"]
+        res = launch(torchrun(2, *args) if procs == 2 else [sys.executable, *args])
+        assert res.returncode == 0, res.stderr[-4000:]
+        students.append(load_file(str(out / "distill" / "student" / "model.safetensors")))
+    one, two = students
+    assert one.keys() == two.keys()
+    diff = max(float((one[k] - two[k]).abs().max()) for k in one)
+    assert diff < SAME_WEIGHTS, diff

@@ -3,17 +3,19 @@ the student's dev score, at the same global batch.
 
 Each row is a real ``kdeploy compress --until distill`` run in a fresh run dir: ``P x T``
 is P processes (``torchrun --nproc_per_node P -m kdeploy``; a plain ``python -m kdeploy``
-for P = 1) of T threads each (``OMP_NUM_THREADS``), P x T = ``--cores``. The figures come
+for P = 1) of T threads each (``OMP_NUM_THREADS``), P x T = ``--cores`` unless the item
+says ``PxT``: ``1x1`` (one process, one thread) tells how much of a difference is the
+threads' rather than the processes'. The figures come
 from the run's manifest: the distill stage's seconds (teacher targets + training + saving),
 its training seconds, its steps, the mean KD loss of the last epoch and the best dev score
 (STS-B: Spearman x100 of the fp32 student).
 
     python benchmarks/ddp_scaling.py --teacher minilm --set distill.max_train_texts=3000 \
-        --set distill.epochs=1 --set verify.budgets.min_probe_retention=null --procs 1 2 2 1
+        --set distill.epochs=1 --set verify.budgets.min_probe_retention=null --procs 1 2 1x1
     python benchmarks/ddp_scaling.py --teacher tiny --set verify.budgets.min_probe_retention=null
 
-A process count given twice is measured twice (in the order given: the other load on a
-shared box drifts).
+An item given twice is measured twice (in the order given: the other load on a shared box
+drifts).
 """
 
 from __future__ import annotations
@@ -58,7 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", type=Path, default=None, help="another teacher model dir")
     ap.add_argument("--data", type=Path, default=DATA / "stsb")
     ap.add_argument("--profile", default="cpu-int8")
-    ap.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="process counts")
+    ap.add_argument(
+        "--procs",
+        nargs="+",
+        default=["1", "2"],
+        help="runs: P (P processes sharing --cores threads) or PxT (T threads each)",
+    )
     ap.add_argument("--cores", type=int, default=2, help="threads over all processes")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "ddp_scaling")
@@ -78,8 +85,14 @@ def command(procs: int, model: Path, args: argparse.Namespace, out: Path) -> lis
             "--no-progress", "--force", *sets]  # fmt: skip
 
 
-def measure(procs: int, model: Path, args: argparse.Namespace) -> dict:
-    threads = max(1, args.cores // procs)
+def layout(spec: str, cores: int) -> tuple[int, int]:
+    """(processes, threads each) of a --procs item."""
+    procs, _, threads = spec.partition("x")
+    return int(procs), int(threads) if threads else max(1, cores // int(procs))
+
+
+def measure(spec: str, model: Path, args: argparse.Namespace) -> dict:
+    procs, threads = layout(spec, args.cores)
     out = args.out / f"p{procs}xt{threads}"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     t0 = time.perf_counter()
@@ -136,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
             text,
             script=__file__,
             argv=argv_of(argv),
-            title="Data-parallel distillation (torchrun) on the CPU box",
+            title=f"Data-parallel distillation under torchrun, {args.model or args.teacher} "
+            "teacher (issue 21)",
             results=args.results,
             note=f"{args.cores} threads in all; `--until distill`, fresh run dir per row",
         )

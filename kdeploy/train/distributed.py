@@ -177,13 +177,14 @@ def grad_averager(modules: torch.nn.Module | None) -> Callable[[], None] | None:
 def mean_over_ranks(sums: dict[str, float], count: int) -> dict[str, float]:
     """Per-step values summed on each rank, as means over all ranks and ``count`` steps
     (every rank reports the same keys)."""
-    keys = sorted(sums)
     if not active():
-        return {k: sums[k] / max(count, 1) for k in keys}
+        return {k: v / max(count, 1) for k, v in sums.items()}
+    keys = sorted(sums)  # the same order on every rank
     world = ranks.current().world_size
     t = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
     dist.all_reduce(t, group=_control)
-    return {k: float(v) / (world * max(count, 1)) for k, v in zip(keys, t.tolist(), strict=True)}
+    total = dict(zip(keys, t.tolist(), strict=True))
+    return {k: total[k] / (world * max(count, 1)) for k in sums}
 
 
 def cpu_tree(obj: Any) -> Any:

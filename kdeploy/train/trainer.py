@@ -262,7 +262,7 @@ def _resume(run: _Training, ckpt: Path) -> TrainState | None:
             "state": None if state is None else asdict(state),
             "optimizer": None if state is None else cpu(opt.optimizer.state_dict()),
             "scheduler": None if state is None else opt.scheduler.state_dict(),
-            "projections": None if proj is None else distributed.cpu_tree(proj.state_dict()),
+            "projections": None if proj is None else cpu(proj.state_dict()),
         }
         if main
         else None

@@ -210,3 +210,29 @@ def test_without_dropout_two_processes_train_the_same_student(tiny_bert, stsb_sm
     assert one.keys() == two.keys()
     diff = max(float((one[k] - two[k]).abs().max()) for k in one)
     assert diff < SAME_WEIGHTS, diff
+
+
+def test_sparse_fine_tune_and_qat_train_on_two_processes(tiny_bert, stsb_small, tmp_path):
+    """The other two training stages: 2:4 KD fine-tuning (the masks rank 0 chose, kept on
+    every rank) and QAT through modelopt's fake quantizers, each in DDP, against 1 process."""
+    from tests.unit.test_sparsify_qat import SPARSE_QAT
+
+    extra = [o for o in SPARSE_QAT if o not in TINY_OVERRIDES]
+    records = []
+    for procs in (1, 2):
+        out = tmp_path / f"p{procs}"
+        args = [*compress_args(tiny_bert, stsb_small, out, *extra), "--until", "quantize"]
+        res = launch(torchrun(2, *args) if procs == 2 else [sys.executable, *args])
+        assert res.returncode == 0, res.stderr[-4000:]
+        stages = json.loads((out / "manifest.json").read_text())["stages"]
+        records.append(
+            {
+                "sparsify": stages["sparsify"]["metrics"]["fine_tune"],
+                "quantize": stages["quantize"]["metrics"]["student"]["fine_tune"],
+            }
+        )
+    one, two = records
+    for stage in ("sparsify", "quantize"):
+        assert two[stage]["steps"] == one[stage]["steps"] > 0, stage
+        loss_one, loss_two = one[stage]["final_loss"], two[stage]["final_loss"]
+        assert abs(loss_two - loss_one) <= LOSS_TOLERANCE * loss_one, (stage, loss_one, loss_two)

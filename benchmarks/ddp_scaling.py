@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
             title=f"Data-parallel distillation under torchrun, {args.model or args.teacher} "
             "teacher (issue 21)",
             results=args.results,
-            note=f"{args.cores} threads in all; `--until distill`, fresh run dir per row",
+            note="each row P processes x T threads each (`OMP_NUM_THREADS`), "
+            "`kdeploy compress --until distill` in a fresh run dir",
         )
 
 

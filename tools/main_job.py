@@ -16,7 +16,8 @@ DATA = "stsb"  # folder under the data root
 UNLABELED = "sst2"  # its train split's sentences, without their labels
 PROBE = "sst2"  # labelled: verify's linear probe on frozen embeddings (fit on train, score dev)
 TORCH = "torch==2.13.0"  # pinned first: a CPU build (an unpinned torch pulls CUDA's)
-EXTRAS = ("train", "minilm", "plots")  # plots: the report's PNGs
+# plots: the report's PNGs; openvino: cpu-int8 measures OpenVINO beside ONNX Runtime
+EXTRAS = ("train", "minilm", "plots", "openvino")
 # the README's test command and .ci/run: the main job's extras + the tests' own
 TEST_EXTRAS = (*EXTRAS, "dev", "serve")
 README_DATA_ROOT = "../shared/data"  # ../shared beside the checkout
@@ -42,5 +43,5 @@ def docker_cmd() -> list[str]:
 
 
 def extras_spec(extras: tuple[str, ...] = EXTRAS) -> str:
-    """``'.[train,minilm,plots]'`` as pip takes it."""
+    """``'.[train,minilm,plots,openvino]'`` as pip takes it."""
     return f"'.[{','.join(extras)}]'"

@@ -41,6 +41,25 @@ def trt_needs_a_gpu(t: Target) -> None:
         raise ValueError("runtime 'trt' needs a GPU device; use runtime 'ort' for cpu")
 
 
+def openvino_is_a_cpu_engine(t: Target) -> None:
+    if "openvino" in t.engine_list() and t.device != "cpu":
+        raise ValueError(
+            f"runtime/engines 'openvino' run on the cpu device, not {t.device}; GPU targets "
+            "use runtime 'trt' or 'ort'"
+        )
+
+
+def engines_are_a_cpu_choice(t: Target) -> None:
+    if t.engines is None:
+        return
+    if t.device != "cpu":
+        raise ValueError(f"engines is a choice measured on a cpu device, not {t.device}")
+    if len(set(t.engines)) != len(t.engines):
+        raise ValueError(f"engines lists an engine twice: {t.engines}")
+    if t.runtime not in t.engines:
+        raise ValueError(f"runtime '{t.runtime}' must be one of engines {t.engines}")
+
+
 def device_runs_the_precision(t: Target) -> None:
     problems = target_problems(t.device, t.precision, t.dla_core, sparsify=False, runtime=t.runtime)
     if problems:
@@ -113,7 +132,13 @@ def min_opt_max_ordered(m: MinOptMax) -> None:
         raise ValueError(f"need min <= opt <= max, got {m.min}, {m.opt}, {m.max}")
 
 
-TARGET = (trt_needs_a_gpu, device_runs_the_precision, gpu_providers_need_a_gpu)
+TARGET = (
+    trt_needs_a_gpu,
+    openvino_is_a_cpu_engine,
+    engines_are_a_cpu_choice,
+    device_runs_the_precision,
+    gpu_providers_need_a_gpu,
+)
 STUDENT = (ffn_size_or_fraction, explicit_keep_list)
 LOSSES = (some_loss_is_on,)
 
@@ -289,6 +314,22 @@ def transfer_budgets_are_measured(p: Profile) -> None:
         )
 
 
+def openvino_needs_int8_quantize(p: Profile) -> None:
+    """OpenVINO's model is made by the quantize stage (NNCF, or its own Q/DQ graph)."""
+    if "openvino" not in p.target.engine_list():
+        return
+    if not p.quantize.enabled:
+        raise ValueError(
+            "engine 'openvino' needs quantize.enabled: true (its INT8 model is made by the "
+            "quantize stage)"
+        )
+    if p.target.openvino.int8 == "qdq" and p.quantize.format != "qdq":
+        raise ValueError(
+            "target.openvino.int8 'qdq' reads the quantize stage's Q/DQ graph: set "
+            "quantize.format: qdq (method static, ptq or qat), or use int8 'nncf'"
+        )
+
+
 PROFILE = (
     device_has_what_the_profile_uses,
     no_fp8_quantizer,
@@ -301,6 +342,7 @@ PROFILE = (
     bench_grid_is_exported,
     distill_length_is_exported,
     precision_matches_quantize,
+    openvino_needs_int8_quantize,
     preferred_batches_fit,
     speedup_baseline_exists,
     recall_baseline_exists,

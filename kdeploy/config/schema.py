@@ -28,7 +28,13 @@ from kdeploy.config.methods import (
     method_config,
 )
 from kdeploy.config.methods import Strict as _Strict
-from kdeploy.config.sections import BenchConfig, ExportConfig, PackageConfig, VerifyConfig
+from kdeploy.config.sections import (
+    BenchConfig,
+    ExportConfig,
+    OpenVinoConfig,
+    PackageConfig,
+    VerifyConfig,
+)
 
 Device = Literal["cpu", "a100", "h100", "t4", "orin"]
 
@@ -37,8 +43,19 @@ class Target(_Strict):
     """Where the model will run."""
 
     device: Device = Field(description="Device class the artifacts are built and checked for.")
-    runtime: Literal["ort", "trt"] = Field(
-        description="ort = ONNX Runtime, trt = TensorRT engine (GPU devices only)."
+    runtime: Literal["ort", "trt", "openvino"] = Field(
+        description="ort = ONNX Runtime, trt = TensorRT engine (GPU devices only), "
+        "openvino = OpenVINO (CPU only, kdeploy[openvino])."
+    )
+    engines: list[Literal["ort", "openvino"]] | None = Field(
+        default=None,
+        description="CPU targets: the engines the run makes a model for; bench measures "
+        "each on the profile's workload, verify checks each against the budgets, and the "
+        "fastest that meets them is deployed (default: [runtime]).",
+    )
+    openvino: OpenVinoConfig = Field(
+        default_factory=lambda: OpenVinoConfig(),
+        description="How OpenVINO makes and runs its model (engine openvino).",
     )
     precision: Literal["fp32", "fp16", "int8", "fp8"] = "int8"
     threads: int | None = Field(
@@ -68,6 +85,10 @@ class Target(_Strict):
     @model_validator(mode="after")
     def _rules(self) -> Target:
         return rules.check(self, rules.TARGET)
+
+    def engine_list(self) -> list[str]:
+        """The engines the run makes a model for (``engines``, else the runtime alone)."""
+        return list(self.engines) if self.engines else [self.runtime]
 
     def providers(self) -> list[str]:
         """ONNX Runtime providers for this target (the default filled in)."""

@@ -22,6 +22,33 @@ class MinOptMax(_Strict):
         return rules.check(self, rules.MIN_OPT_MAX)
 
 
+class OpenVinoConfig(_Strict):
+    """OpenVINO on a CPU: how its INT8 model is made and how it is compiled."""
+
+    int8: Literal["nncf", "qdq"] = Field(
+        default="nncf",
+        description="nncf: NNCF post-training static INT8 of the fp32 (or 2:4) ONNX student, "
+        "calibrated on quantize.calibration_texts train-split texts (transformer preset: "
+        "softmax/LayerNorm paths kept float); qdq: OpenVINO reads the quantize stage's own "
+        "Q/DQ graph (quantize.format qdq) as is.",
+    )
+    performance_hint: Literal["LATENCY", "THROUGHPUT"] = Field(
+        default="LATENCY",
+        description="OpenVINO's CPU performance hint: LATENCY runs one request on all threads "
+        "(a request-at-a-time server, kdeploy's bench loop); THROUGHPUT runs streams.",
+    )
+    bounded_shapes: bool = Field(
+        default=False,
+        description="Reshape the dynamic batch and sequence axes to [1, export max] "
+        "before compiling.",
+    )
+    cache_dir: str | None = Field(
+        default=None,
+        description="OpenVINO's model cache directory (compiled models reused across "
+        "processes); null: compile every time.",
+    )
+
+
 class ExportShapes(_Strict):
     batch: MinOptMax
     sequence: MinOptMax

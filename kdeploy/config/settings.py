@@ -6,6 +6,7 @@ from __future__ import annotations
 from kdeploy.config.schema import Profile
 from kdeploy.config.sections import MinOptMax
 from kdeploy.runtime.build_plan import AxisRange, BuildSettings
+from kdeploy.runtime.openvino_runner import OpenVinoOptions
 from kdeploy.runtime.runners import RunnerSettings
 
 
@@ -29,8 +30,22 @@ def build_settings(profile: Profile) -> BuildSettings:
     )
 
 
+def openvino_options(profile: Profile) -> OpenVinoOptions:
+    """How this profile's OpenVINO models compile (bounded by the export ranges)."""
+    ov = profile.target.openvino
+    shapes = profile.export.shapes
+    return OpenVinoOptions(
+        performance_hint=ov.performance_hint,
+        bounded_shapes=ov.bounded_shapes,
+        max_batch=shapes.batch.max,
+        max_sequence=shapes.sequence.max,
+        cache_dir=ov.cache_dir,
+    )
+
+
 def runner_settings(profile: Profile) -> RunnerSettings:
-    """Where this profile's ONNX models run (its target's ONNX Runtime providers)."""
+    """Where this profile's models run: its target's ONNX Runtime providers for ONNX
+    models, its OpenVINO options for OpenVINO ones."""
     providers = tuple(profile.target.providers())
     build = build_settings(profile) if "tensorrt" in providers else None
-    return RunnerSettings(providers=providers, build=build)
+    return RunnerSettings(providers=providers, build=build, openvino=openvino_options(profile))

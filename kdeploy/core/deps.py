@@ -23,6 +23,8 @@ _EXTRAS = {
     "matplotlib": "plots",
     "tritonclient": "triton",
     "pytriton": "serve",
+    "openvino": "openvino",
+    "nncf": "openvino",
 }
 
 

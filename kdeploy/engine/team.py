@@ -108,38 +108,46 @@ def follow() -> int:
 
 
 def _follow_stage(msg: dict, rank: int, done: type[Exception]) -> None:
-    """Rank 0's announcement ``msg``: the stage, its inputs and the run's settings."""
+    """Rank 0's announcement ``msg`` (the stage, its inputs, the run's settings): this
+    rank's part of the stage, in a temporary directory removed afterwards. That directory
+    stands in for the run directory too (the stage's work dir and the run's cache, where
+    the teacher's ONNX graph for KD targets is exported): nothing of this rank's is written
+    where rank 0 writes."""
     by_name = {cls.name: cls for cls in STAGES}
-    env = StageEnv(
-        profile=msg["profile"],
-        options=replace(msg["options"], progress=False),
-        run_dir=Path(msg["run_dir"]),
-        log=lambda _m: None,  # rank 0 logs
-        manifest=msg["manifest"],
-    )
-    stage = by_name[msg["stage"]](env)
-    inputs = StageInputs({k: Path(v) for k, v in msg["paths"].items()}, msg["sources"])
-    _run_part(stage, inputs, rank, done)
+    with tempfile.TemporaryDirectory(prefix=f"kdeploy-{msg['stage']}-rank{rank}-") as tmp:
+        env = StageEnv(
+            profile=msg["profile"],
+            options=replace(msg["options"], progress=False),
+            run_dir=Path(tmp),
+            log=lambda _m: None,  # rank 0 logs
+            manifest=msg["manifest"],
+        )
+        stage = by_name[msg["stage"]](env)
+        inputs = StageInputs({k: Path(v) for k, v in msg["paths"].items()}, msg["sources"])
+        work = Path(tmp) / stage.name
+        work.mkdir()
+        _run_part(stage, inputs, work, rank, done)
 
 
-def _run_part(stage: Stage, inputs: StageInputs, rank: int, done: type[Exception]) -> None:
-    """This rank's part of ``stage``, in a temporary directory removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix=f"kdeploy-{stage.name}-rank{rank}-") as tmp:
-        try:
-            stage.run(inputs, Path(tmp))
-        except done:
-            return
-        except KeyboardInterrupt:
-            raise Interrupted(
-                f"rank {rank} stopped during stage {stage.name}",
-                fix="rerun the same command to resume",
-            ) from None
-        except KdeployError:
-            raise
-        except Exception as exc:
-            traceback.print_exc(file=sys.stderr)
-            raise StageError(
-                f"stage {stage.name} failed on rank {rank}: {type(exc).__name__}: {exc}",
-                where=f"rank {rank}'s traceback above",
-                fix="rerun resumes from the stage's last checkpoint",
-            ) from None
+def _run_part(
+    stage: Stage, inputs: StageInputs, work: Path, rank: int, done: type[Exception]
+) -> None:
+    """Run ``stage`` in ``work`` until its training ends (``done``); errors as kdeploy's."""
+    try:
+        stage.run(inputs, work)
+    except done:
+        return
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"rank {rank} stopped during stage {stage.name}",
+            fix="rerun the same command to resume",
+        ) from None
+    except KdeployError:
+        raise
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        raise StageError(
+            f"stage {stage.name} failed on rank {rank}: {type(exc).__name__}: {exc}",
+            where=f"rank {rank}'s traceback above",
+            fix="rerun resumes from the stage's last checkpoint",
+        ) from None

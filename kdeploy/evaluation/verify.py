@@ -8,6 +8,7 @@ Classification: accuracy (x100).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from kdeploy.core.errors import DataError
 from kdeploy.data import Split, load_task_data
 from kdeploy.evaluation.budgets import check_budgets
 from kdeploy.evaluation.transfer_checks import transfer_checks
-from kdeploy.evaluation.variants import deploy_name
+from kdeploy.evaluation.variants import deploy_candidates, engine_of
 from kdeploy.runtime.metrics import accuracy, cosine_rows, spearman
 from kdeploy.runtime.model import Classifier, Encoder, open_model
 from kdeploy.runtime.runners import RunnerSettings
@@ -150,15 +151,84 @@ def verify_models(
         settings=settings,
         log=log,
     )
-    deploy = deploy_name(models)
-    budgets = check_budgets(cfg.budgets, results, bench, deploy, transfer)
+    engines = [
+        EngineChoice.of(name, check_budgets(cfg.budgets, results, bench, name, transfer), bench)
+        for name in deploy_candidates(models, profile.target.engine_list())
+    ]
+    winner = pick_engine(engines)
+    if len(engines) > 1:
+        log(winner.reason(engines))
     return {
         "split": split.name,
         "task": data.task,
         "batch_size": batch_size,
-        "deploy": deploy,
+        "deploy": winner.model,
+        "engines": [e.to_json() for e in engines],
+        "deploy_reason": winner.reason(engines),
         "models": results,
         "transfer": transfer,
-        "budgets": budgets,
-        "passed": all(b["passed"] for b in budgets),
+        "budgets": winner.budgets,
+        "passed": winner.passed,
     }
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """One model the run may deploy (one per engine), its budgets and its throughput."""
+
+    model: str
+    engine: str
+    budgets: list[dict]
+    sentences_per_s: float | None
+
+    @classmethod
+    def of(cls, model: str, budgets: list[dict], bench: dict | None) -> EngineChoice:
+        tp = (bench or {}).get("models", {}).get(model, {}).get("throughput", {})
+        return cls(model, engine_of(model), budgets, tp.get("sentences_per_s"))
+
+    @property
+    def passed(self) -> bool:
+        return all(b["passed"] for b in self.budgets)
+
+    def reason(self, engines: list[EngineChoice]) -> str:
+        """Why this one was deployed, with the margin over the runner-up."""
+        if len(engines) == 1:
+            return f"{self.model} ({self.engine}): the profile's only engine"
+        others = [e for e in engines if e is not self]
+        best_other = max(others, key=lambda e: e.sentences_per_s or 0.0)
+        ratio = (
+            self.sentences_per_s / best_other.sentences_per_s
+            if self.sentences_per_s and best_other.sentences_per_s
+            else None
+        )
+        how = f"{ratio:.2f}x {best_other.model} ({best_other.engine})" if ratio else "unmeasured"
+        speed = f"{self.sentences_per_s or 0:.0f} sentences/s, {how}"
+        if self.passed:
+            return (
+                f"deploys {self.model} ({self.engine}): the fastest of {len(engines)} engines "
+                f"that meet the budgets; {speed}"
+            )
+        return (
+            f"deploys {self.model} ({self.engine}): no engine meets every budget; the one with "
+            f"the most budgets met, then the fastest; {speed}"
+        )
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model,
+            "engine": self.engine,
+            "sentences_per_s": self.sentences_per_s,
+            "passed": self.passed,
+            "budgets": self.budgets,
+        }
+
+
+def pick_engine(engines: list[EngineChoice]) -> EngineChoice:
+    """The fastest model that meets every budget; when none does, the one that meets the
+    most of them, then the fastest (its missed budgets then fail the run)."""
+
+    def key(e: EngineChoice) -> tuple:
+        met = 0 if e.passed else sum(b["passed"] for b in e.budgets)
+        return (e.passed, met, e.sentences_per_s or 0.0)
+
+    return max(engines, key=key)

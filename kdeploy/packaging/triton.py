@@ -26,6 +26,8 @@ from kdeploy.core.deps import version_of
 from kdeploy.core.errors import ModelError
 from kdeploy.packaging.triton_check import check_config, load_config, model_file_of
 from kdeploy.packaging.triton_io import (
+    BACKENDS,
+    COMPANIONS,
     LABELS_FILE,
     PLATFORMS,
     VERSION,
@@ -50,6 +52,7 @@ class TritonSettings:
     instances: int
     threads: int | None
     label_output: str | None = None
+    performance_hint: str = "LATENCY"  # OpenVINO models
 
 
 def model_name(teacher_path: str | Path, precision: str) -> str:
@@ -82,6 +85,7 @@ def settings_for(profile, model_file: Path, name: str, card: ModelCard) -> Trito
         instances=pkg.instances,
         threads=profile.target.threads if profile.target.device == "cpu" else None,
         label_output=card.output if card.task == "classification" and card.labels else None,
+        performance_hint=profile.target.openvino.performance_hint,
     )
 
 
@@ -94,11 +98,16 @@ def build_config(
     batched = settings.max_batch_size > 0 and all(
         t.shape and t.shape[0] is None for t in inputs + outputs
     )
+    loader = (
+        {"backend": settings.platform}
+        if settings.platform in BACKENDS
+        else {"platform": settings.platform}
+    )
     cfg = pb.ModelConfig(
         name=settings.name,
-        platform=settings.platform,
         max_batch_size=settings.max_batch_size if batched else 0,
         default_model_filename=settings.model_filename,
+        **loader,
     )
 
     def dims(t: TensorInfo) -> list[int]:
@@ -128,6 +137,11 @@ def build_config(
         # onnxruntime backend parameters (Triton onnxruntime_backend README)
         cfg.parameters["intra_op_thread_count"].string_value = str(settings.threads)
         cfg.parameters["inter_op_thread_count"].string_value = "1"
+    if settings.platform == "openvino":
+        # openvino backend parameters (Triton openvino_backend README): the profile's hint
+        cfg.parameters["PERFORMANCE_HINT"].string_value = settings.performance_hint
+        if settings.threads:
+            cfg.parameters["INFERENCE_NUM_THREADS"].string_value = str(settings.threads)
     return cfg
 
 
@@ -144,7 +158,8 @@ def render_config(cfg: Any) -> str:
 
 
 def write_model_repository(repo: Path, model_dir: Path, profile, *, name: str) -> dict[str, Any]:
-    """``repo/<name>/{config.pbtxt, 1/model.onnx|model.plan[, labels.txt]}``, validated."""
+    """``repo/<name>/{config.pbtxt, 1/model.onnx|model.plan|model.xml+.bin[, labels.txt]}``,
+    validated."""
     card = ModelCard.load(model_dir)
     model_file = model_dir / card.model_file
     settings = settings_for(profile, model_file, name, card)
@@ -156,6 +171,10 @@ def write_model_repository(repo: Path, model_dir: Path, profile, *, name: str) -
     for extra in sorted(model_dir.glob(f"{model_file.name}*")):
         if extra != model_file and extra.is_file():
             shutil.copy2(extra, version_dir / extra.name)
+    # an OpenVINO model.xml's weights: model.bin, named after the file Triton loads
+    for suffix in COMPANIONS.get(model_file.suffix.lower(), ()):
+        target_file = (version_dir / settings.model_filename).with_suffix(suffix)
+        shutil.copy2(model_file.with_suffix(suffix), target_file)
     if settings.label_output:
         (target / LABELS_FILE).write_text("\n".join(card.labels or []) + "\n", encoding="utf-8")
     inputs, outputs = graph_io(model_file)
@@ -171,7 +190,7 @@ def write_model_repository(repo: Path, model_dir: Path, profile, *, name: str) -
         )
     return {
         "name": name,
-        "platform": parsed.platform,
+        "platform": parsed.platform or parsed.backend,
         "config": str(path),
         "model_file": str(model_file_of(parsed, target)),
         "max_batch_size": parsed.max_batch_size,

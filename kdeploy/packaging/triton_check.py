@@ -14,6 +14,8 @@ import numpy as np
 
 from kdeploy.core.errors import ModelError
 from kdeploy.packaging.triton_io import (
+    BACKENDS,
+    COMPANIONS,
     NUMPY_TO_TRITON,
     PLATFORMS,
     VERSION,
@@ -44,10 +46,13 @@ def load_config(path: Path) -> Any:
         ) from None
 
 
+def loader_of(cfg: Any) -> str:
+    """The platform (onnxruntime_onnx, tensorrt_plan) or backend (openvino) of a config."""
+    return cfg.platform or cfg.backend
+
+
 def model_file_of(cfg: Any, model_dir: Path) -> Path:
-    default = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}.get(
-        cfg.platform or cfg.backend, "model.onnx"
-    )
+    default = dict(PLATFORMS.values()).get(loader_of(cfg), "model.onnx")
     return model_dir / VERSION / (cfg.default_model_filename or default)
 
 
@@ -56,12 +61,24 @@ def check_config(cfg: Any, model_dir: Path) -> list[str]:
     problems: list[str] = []
     if cfg.name != model_dir.name:
         problems.append(f"name '{cfg.name}' differs from the directory name '{model_dir.name}'")
-    if cfg.platform not in {p for p, _ in PLATFORMS.values()}:
-        problems.append(f"platform '{cfg.platform}' is not onnxruntime_onnx or tensorrt_plan")
+    known = sorted({p for p, _ in PLATFORMS.values()})
+    if loader_of(cfg) not in known:
+        problems.append(
+            f"platform/backend '{loader_of(cfg)}' is not one of kdeploy's ({', '.join(known)})"
+        )
         return problems
+    if cfg.platform in BACKENDS:
+        problems.append(f"'{cfg.platform}' is a Triton backend: it goes in `backend`")
     model_file = model_file_of(cfg, model_dir)
     if not model_file.is_file():
         return [*problems, f"model file {model_file} is missing"]
+    missing = [
+        s
+        for s in COMPANIONS.get(model_file.suffix.lower(), ())
+        if not model_file.with_suffix(s).is_file()
+    ]
+    if missing:  # (the graph cannot be read without them)
+        return [*problems, f"{model_file.name} needs its {', '.join(missing)} file beside it"]
     return [
         *problems,
         *_graph_problems(cfg, model_file),
@@ -75,8 +92,8 @@ def _graph_problems(cfg: Any, model_file: Path) -> list[str]:
     """The platform and the configured tensors against the model file's graph."""
     problems: list[str] = []
     platform, _ = PLATFORMS.get(model_file.suffix.lower(), (None, None))
-    if platform != cfg.platform:
-        problems.append(f"platform {cfg.platform} does not load {model_file.name}")
+    if platform != loader_of(cfg):
+        problems.append(f"{loader_of(cfg)} does not load {model_file.name}")
     inputs, outputs = graph_io(model_file)
     problems += _tensors_problems(cfg, "input", cfg.input, inputs, need_all=True)
     problems += _tensors_problems(cfg, "output", cfg.output, outputs, need_all=False)

@@ -50,12 +50,21 @@ NUMPY_TO_TRITON = {
     np.dtype(np.float32): "TYPE_FP32",
     np.dtype(np.float64): "TYPE_FP64",
 }
-# model file suffix -> (Triton platform, the file name Triton looks for in the version dir)
+# model file suffix -> (Triton platform or backend, the file name Triton looks for in the
+# version dir)
 PLATFORMS = {
     ".onnx": ("onnxruntime_onnx", "model.onnx"),
     ".plan": ("tensorrt_plan", "model.plan"),
     ".engine": ("tensorrt_plan", "model.plan"),
+    ".xml": ("openvino", "model.xml"),
 }
+# loaders Triton names in config.pbtxt's `backend` field (the others go in `platform`); the
+# OpenVINO backend reads model.xml and the model.bin beside it
+BACKENDS = {"openvino"}
+# files a model file needs beside it in the version dir (OpenVINO IR: its weights)
+COMPANIONS = {".xml": (".bin",)}
+# OpenVINO element types -> Triton's
+_OV_TO_TRITON = {"i64": "TYPE_INT64", "i32": "TYPE_INT32", "f32": "TYPE_FP32", "f16": "TYPE_FP16"}
 VERSION = "1"
 LABELS_FILE = "labels.txt"
 
@@ -86,6 +95,8 @@ def graph_io(model_file: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
         return _onnx_io(model_file)
     if suffix in (".plan", ".engine"):
         return _engine_io(model_file)
+    if suffix == ".xml":
+        return _openvino_io(model_file)
     raise ModelError(f"cannot read the inputs/outputs of {model_file}", where=str(model_file))
 
 
@@ -124,3 +135,27 @@ def _engine_io(path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
         is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
         (inputs if is_input else outputs).append(info)
     return inputs, outputs
+
+
+def _openvino_io(path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """Inputs and outputs of an OpenVINO IR model (read, not compiled)."""
+    ov = require("openvino", feature="reading an OpenVINO model's inputs and outputs")
+    model = ov.Core().read_model(str(path))
+
+    def conv(ports) -> list[TensorInfo]:
+        out = []
+        for port in ports:
+            etype = port.get_element_type().get_type_name()
+            if etype not in _OV_TO_TRITON:
+                raise ModelError(
+                    f"{path}: tensor {port.get_any_name()} has type {etype}, which Triton "
+                    "cannot carry",
+                    where=str(path),
+                )
+            shape = [
+                None if d.is_dynamic else d.get_length() for d in port.get_partial_shape()
+            ]
+            out.append(TensorInfo(port.get_any_name(), _OV_TO_TRITON[etype], shape))
+        return out
+
+    return conv(model.inputs), conv(model.outputs)

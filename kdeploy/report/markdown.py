@@ -172,6 +172,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     out += plots_lines(r)
     if (r.get("verify") or {}).get("budgets"):
         out += ["", "## Budgets", ""] + budgets_table(r["verify"])
+    out += engines_lines(r.get("verify"))
     out += transfer_lines(r.get("verify"))
     out += latency_grid_lines(r.get("bench"))
     out += distill_lines(r.get("distill"))
@@ -200,6 +201,30 @@ def models_table(r: dict[str, Any]) -> list[str]:
             f"{_fmt(row['onnx_mb'], 1)} | {_fmt(row['value'])} | {ret} | "
             f"{_fmt(row['sentences_per_s'], 1)} | {_fmt(row['p50_ms_b1'])} | "
             f"{_fmt(row['p99_ms_b1'])} |"
+        )
+    return out
+
+
+def engines_lines(verify: dict[str, Any] | None) -> list[str]:
+    """Which engine the run deploys and by how much it won (profiles with several)."""
+    engines = (verify or {}).get("engines") or []
+    if len(engines) < 2:
+        return []
+    out = [
+        "",
+        "## Engines (picked by measurement)",
+        "",
+        f"The run {verify.get('deploy_reason', '')}.",
+        "",
+        "| model | engine | sentences/s | budgets | deployed |",
+        "|---|---|---|---|---|",
+    ]
+    for e in engines:
+        missed = [b["name"] for b in e["budgets"] if not b["passed"]]
+        verdict = "all met" if not missed else "missed: " + ", ".join(missed)
+        out.append(
+            f"| {e['model']} | {e['engine']} | {_fmt(e['sentences_per_s'], 1)} | {verdict} | "
+            f"{'**yes**' if e['model'] == verify.get('deploy') else 'no'} |"
         )
     return out
 

@@ -54,7 +54,7 @@ class ModelCard:
             ) from None
 
 
-MODEL_SUFFIXES = (".onnx", ".plan", ".engine")
+MODEL_SUFFIXES = (".onnx", ".plan", ".engine", ".xml")
 
 
 def model_dir_of(target: Path) -> Path:

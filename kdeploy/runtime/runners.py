@@ -20,6 +20,7 @@ from kdeploy.core.errors import DependencyError, ModelError
 if TYPE_CHECKING:
     from kdeploy.runtime.build_plan import BuildSettings
     from kdeploy.runtime.card import ModelCard
+    from kdeploy.runtime.openvino_runner import OpenVinoOptions
 
 # target.ort_providers names -> ONNX Runtime execution providers
 ORT_PROVIDERS = {
@@ -34,10 +35,12 @@ GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 class RunnerSettings:
     """Where ONNX models run: execution providers in priority order (``cpu``, ``cuda``,
     ``tensorrt``) and, for the TensorRT EP, the target's build settings (the same
-    ``BuildSettings`` as ``kdeploy build``). The config layer makes one from a profile."""
+    ``BuildSettings`` as ``kdeploy build``); for OpenVINO models (``.xml``), how OpenVINO
+    compiles them. The config layer makes one from a profile."""
 
     providers: tuple[str, ...] = ("cpu",)
     build: BuildSettings | None = None
+    openvino: OpenVinoOptions | None = None
 
     @property
     def cpu_only(self) -> bool:
@@ -209,7 +212,7 @@ def ort_provider_config(
     return names, options
 
 
-MODEL_FILE_SUFFIXES = (".onnx", ".plan", ".engine")
+MODEL_FILE_SUFFIXES = (".onnx", ".plan", ".engine", ".xml")
 
 
 def open_model_file(
@@ -220,15 +223,21 @@ def open_model_file(
     settings: RunnerSettings | None = None,
     name: str | None = None,
 ) -> Runner:
-    """The one runner factory, keyed by the model file: a TensorRT engine (.plan/.engine)
-    or ONNX Runtime with the settings' providers (CPU when there are none). Not entered
-    yet: use it in a ``with`` block. An unknown suffix is an error, never a fallback."""
+    """The one runner factory, keyed by the model file: a TensorRT engine (.plan/.engine),
+    an OpenVINO IR (.xml, with the settings' OpenVINO options) or ONNX Runtime with the
+    settings' providers (CPU when there are none). Not entered yet: use it in a ``with``
+    block. An unknown suffix is an error, never a fallback."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".plan", ".engine"):
         from kdeploy.runtime.trt_runner import TrtRunner
 
         return TrtRunner(path, outputs=outputs, name=name)
+    if suffix == ".xml":
+        from kdeploy.runtime.openvino_runner import OpenVinoRunner
+
+        options = settings.openvino if settings is not None else None
+        return OpenVinoRunner(path, threads=threads, options=options, outputs=outputs, name=name)
     if suffix != ".onnx":
         raise ModelError(
             f"no runner for model file {path.name} (suffix {path.suffix or 'none'})",

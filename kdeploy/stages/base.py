@@ -119,6 +119,13 @@ class Stage:
         self.env.log(f"[{self.name}] {msg}")
 
     @property
+    def cache_dir(self) -> Path:
+        """The run's cache shared by its training stages (the teacher's KD targets and the
+        ONNX graph that computes them): content-addressed, so a stale entry is never read;
+        deleting it only costs time."""
+        return self.env.run_dir / "cache"
+
+    @property
     def final_dir(self) -> Path:
         """Where ``out_dir`` lands when the stage succeeds (paths in reports point there)."""
         return self.env.run_dir / self.name
@@ -193,6 +200,7 @@ class Stage:
             allow_pickle=self.options.allow_pickle,
             progress=self.options.progress,
             log=self.log,
+            cache_dir=self.cache_dir,
         )
         return fine_tune_metrics(record)
 

@@ -66,6 +66,7 @@ class Distill(Stage):
             allow_pickle=self.options.allow_pickle,
             progress=self.options.progress,
             log=self.log,
+            cache_dir=self.cache_dir,
         )
         remove_leftovers(out_dir)
         kd_texts = out_dir / "kd_texts.npy"

@@ -56,10 +56,17 @@ class Package(Stage):
     def config(self) -> dict:
         return {"profile": self.profile.digest()}
 
+    def deployed(self, inputs: StageInputs, models: dict[str, Path]) -> str:
+        """The model verify chose (the fastest engine within the budgets), else the chain's
+        last model (a run without verify)."""
+        chosen = read_json(inputs["verify"]).get("deploy") if "verify" in inputs else None
+        return chosen if chosen in models else deploy_name(models)
+
     def run(self, inputs: StageInputs, out_dir: Path) -> StageResult:
         models = models_of(inputs.by_artifact())
+        chosen = self.deployed(inputs, models)
         deploy = out_dir / "deploy"
-        shutil.copytree(models[deploy_name(models)], deploy)
+        shutil.copytree(models[chosen], deploy)
         outputs = {"deploy": deploy, "reference": out_dir / "reference"}
         ref = self._reference(inputs["dataset"], deploy, outputs["reference"])
         triton = self._triton(deploy, out_dir / "triton") if self.profile.package.triton else None
@@ -83,10 +90,10 @@ class Package(Stage):
                 "report_md": out_dir / "report.md",
             },
             metrics={
-                "deploy_from": deploy_name(models),
+                "deploy_from": chosen,
                 "triton": bool(triton),
                 "copied_from": self._copied_from(
-                    self._copies(deploy, models[deploy_name(models)], triton, folder), out_dir
+                    self._copies(deploy, models[chosen], triton, folder), out_dir
                 ),
             },
         )

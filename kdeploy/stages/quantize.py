@@ -42,15 +42,31 @@ class Quantize(Stage):
         need("teacher_model"),
         maybe("unlabeled_text"),
     )
-    # + teacher_int8 with quantize.teacher_baseline, + student_hidden_int8 for embedding models
+    # + teacher_int8 with quantize.teacher_baseline, + student_hidden_int8 for embedding models,
+    # + student_openvino when the profile's engines include openvino
     produces = ("student_int8",)
-    tools = ("onnx", "onnxruntime", "optimum", "optimum-onnx", "torch", "nvidia-modelopt")
+    tools = (
+        "onnx",
+        "onnxruntime",
+        "optimum",
+        "optimum-onnx",
+        "torch",
+        "nvidia-modelopt",
+        "openvino",
+        "nncf",
+    )
 
     def enabled(self) -> bool:
         return self.profile.quantize.enabled
 
     def outputs_expected(self) -> tuple[str, ...]:
-        return (*self.produces, "student_hidden_int8") if self.embedding_run else self.produces
+        out = (*self.produces, "student_hidden_int8") if self.embedding_run else self.produces
+        return (*out, "student_openvino") if self.makes_openvino else out
+
+    @property
+    def makes_openvino(self) -> bool:
+        """The profile's engines include OpenVINO: the stage also leaves its INT8 model."""
+        return "openvino" in self.profile.target.engine_list()
 
     def resumable(self) -> bool:
         """QAT checkpoints every epoch and resumes there; the other methods start over."""
@@ -68,6 +84,12 @@ class Quantize(Stage):
             cfg["distill"] = p.distill.model_dump(mode="json")
             cfg["export"] = p.export.model_dump(mode="json")
             cfg["task"] = p.task
+        if self.makes_openvino:
+            cfg["openvino"] = {
+                "int8": p.target.openvino.int8,
+                "calibration_texts": p.quantize.calibration_texts,
+                "validation_texts": p.export.validation_texts,
+            }
         return cfg
 
     def calibration_texts(self, inputs: StageInputs) -> list[str]:
@@ -99,6 +121,9 @@ class Quantize(Stage):
             texts = texts[: self.profile.export.validation_texts]
             metrics["student_hidden"] = self.hidden_state_graph(out, hidden, texts)
             outputs["student_hidden_int8"] = hidden
+        if self.makes_openvino:
+            metrics["openvino"] = self.openvino_model(inputs, out, out_dir / "openvino")
+            outputs["student_openvino"] = out_dir / "openvino"
         if cfg.teacher_baseline:
             from kdeploy.train.quantize import quantize_with_optimum
 
@@ -109,6 +134,31 @@ class Quantize(Stage):
             outputs["teacher_int8"] = tout
             self.log(f"teacher INT8 baseline ({metrics['teacher']['config']})")
         return StageResult(outputs=outputs, metrics=metrics)
+
+    def openvino_model(self, inputs: StageInputs, int8_dir: Path, out: Path) -> dict:
+        """The student for the OpenVINO engine: NNCF INT8 of the fp32 (or 2:4) ONNX student,
+        calibrated on train-split texts, or OpenVINO reading this stage's Q/DQ graph."""
+        from kdeploy.train.openvino_int8 import openvino_int8
+
+        p = self.profile
+        texts = calibration_texts(inputs["dataset"], p.quantize.calibration_texts, p.distill.seed)
+        val = load_task_data(inputs["dataset"]).bench_split().texts_a[: p.export.validation_texts]
+        method = p.target.openvino.int8
+        record = openvino_int8(
+            inputs["student_onnx"],
+            out,
+            method=method,
+            calibration_texts=texts,
+            validation_texts=val,
+            qdq_onnx=int8_dir / "model.onnx" if method == "qdq" else None,
+            threads=p.target.threads,
+        )
+        self.log(
+            f"OpenVINO INT8 ({method}): {record.fake_quantize_nodes} FakeQuantize nodes, "
+            f"{record.bytes_after / 1e6:.1f} MB; vs the fp32 ONNX: min cosine "
+            f"{record.min_cosine:.4f}, centred {record.mean_centred_cosine:.4f}"
+        )
+        return record.to_json()
 
     def lint(self, onnx_path: Path) -> dict:
         """TensorRT's explicit-quantization rules: fatal for TensorRT targets."""

@@ -38,6 +38,7 @@ class Verify(Stage):
             "verify": self.profile.verify.model_dump(mode="json"),
             "threads": t.threads,
             "providers": t.providers(),
+            "engines": t.engine_list(),  # which models may be deployed
         }
 
     def run(self, inputs: StageInputs, out_dir: Path) -> StageResult:

@@ -100,6 +100,7 @@ def distill(
     allow_pickle: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    cache_dir: Path | None = None,
 ) -> DistillOutcome:
     """Student = teacher layers ``keep`` (weights inherited), sliced to ``hidden_size`` /
     ``intermediate_size`` when given, trained with KD."""
@@ -113,6 +114,7 @@ def distill(
         allow_pickle=allow_pickle,
         progress=progress,
         log=log,
+        cache_dir=cache_dir,
     )
     student, plan = _cut_student(
         teacher, keep, items, cfg.seed, hidden_size, intermediate_size, log

@@ -76,6 +76,7 @@ def kd_fine_tune(
     allow_pickle: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    cache_dir: Path | None = None,
 ) -> TrainRecord | None:
     """The profile's distillation losses and batch on the same training texts, ``ft``'s
     schedule, checkpointed in ``work_dir`` (an interrupted stage resumes there).
@@ -85,7 +86,14 @@ def kd_fine_tune(
     if cfg.epochs <= 0:
         return None
     teacher = prepare_teacher(
-        teacher_info, cfg, items, work_dir, allow_pickle=allow_pickle, progress=progress, log=log
+        teacher_info,
+        cfg,
+        items,
+        work_dir,
+        allow_pickle=allow_pickle,
+        progress=progress,
+        log=log,
+        cache_dir=cache_dir,
     )
     return train_kd(
         student,

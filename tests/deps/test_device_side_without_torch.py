@@ -142,3 +142,30 @@ def test_serve_check_and_bucketed_runtime_without_torch(tiny_run):
     assert "SHAPE (3, 32)" in res.stdout
     assert "| runtime replay | pass |" in res.stdout
     assert "NO-HOST-MODULES" in res.stdout
+
+
+def test_openvino_model_and_engine_choice_without_torch(tiny_ov_run):
+    """The OpenVINO model dir runs in kdeploy.runtime, and bench + verify of a run with two
+    engines measure both and pick one, with torch, transformers and onnx unimportable."""
+    import pytest
+
+    pytest.importorskip("openvino", reason="kdeploy[openvino] is not installed")
+    ov_dir = tiny_ov_run / "quantize" / "openvino"
+    res = run_blocked(
+        f"""
+        import numpy as np
+        from kdeploy.runtime.model import Encoder
+        with Encoder({str(ov_dir)!r}) as enc:
+            v = enc.embed(["a small test sentence", "another one", "x"])
+        print("SHAPE", v.shape)
+        from kdeploy.cli import main
+        for cmd in (["bench", {str(tiny_ov_run)!r}], ["verify", {str(tiny_ov_run)!r}]):
+            try:
+                main(cmd)
+            except SystemExit as e:
+                assert e.code in (0, None), (cmd, e.code)
+        """
+    )
+    assert res.returncode == 0, res.stderr
+    assert "SHAPE (3, 32)" in res.stdout and "NO-HOST-MODULES" in res.stdout
+    assert "| student_openvino |" in res.stdout

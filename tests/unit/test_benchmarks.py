@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import re
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -132,23 +133,30 @@ def test_smoke_runtime_overhead(tiny_run, stsb_small, tmp_path):
     assert "runtime output == hand output: True" in body and "| bucketed |" in body
 
 
-def test_smoke_vs_baselines(tiny_run_copy, tmp_path, monkeypatch):
+def test_smoke_vs_baselines(tiny_ov_run, tmp_path, monkeypatch):
     mod = bench_module("vs_baselines")
     monkeypatch.setattr(mod, "CACHE", tmp_path / "cache")
     out = tmp_path / "R.md"
-    argv = ["--run", str(tiny_run_copy), "--rounds", "1", "--batches", "1", "8", "--bucket"]
+    run = tmp_path / "run"
+    shutil.copytree(tiny_ov_run, run)
+    argv = ["--run", str(run), "--rounds", "1", "--batches", "1", "8", "--bucket"]
     mod.main([*argv, "--write", "--results", str(out)])
     body = written(out, "vs_baselines", "vs_baselines")
     assert "| teacher optimum+ORT dyn INT8 |" in body and "| kdeploy student_int8 |" in body
+    # the strongest CPU peer and kdeploy's OpenVINO model, ratios against the faster peer
+    assert "| teacher OpenVINO NNCF INT8 |" in body and "| kdeploy student_openvino |" in body
+    assert "x strongest peer (b8)" in body and "strongest peer at batch 8: teacher" in body
 
 
 def test_smoke_cpu_variants(tiny_run_copy, tmp_path):
     out = tmp_path / "R.md"
     argv = ["--run", str(tiny_run_copy), "--rounds", "1", "--latency-texts", "4"]
-    argv += ["--only", "dyn-s8-pc", "dyn-matmul", "--work", str(tmp_path / "v")]
+    argv += ["--only", "dyn-s8-pc", "dyn-matmul", "ov-nncf", "ov-static-qdq-s8s8"]
+    argv += ["--work", str(tmp_path / "v")]
     bench_module("cpu_variants").main([*argv, "--write", "--results", str(out)])
     body = written(out, "cpu_variants", "cpu_variants")
     assert "| dyn-s8-pc |" in body and "| teacher optimum dyn-INT8 |" in body
+    assert "| ov-nncf |" in body and "| ov-static-qdq-s8s8 |" in body
 
 
 def test_smoke_distill_sweep(tiny_bert, stsb_small, sst2_small, tmp_path):

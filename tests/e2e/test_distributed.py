@@ -10,7 +10,8 @@
 - A rank that raises makes its stage fail on every rank: the failing rank says why, every
   rank exits with the stage-failure code (7; torchrun may stop one first, -15), torchrun
   reports exit code 7 as the root cause (and exits 1 itself, as it does for any failed
-  worker), nothing is recorded as finished, and the rerun resumes.
+  worker), nothing is recorded as finished, and the rerun resumes. An error that rank 0
+  finds alone (preflight) reaches the waiting ranks: all exit with its code.
 
 Each launch has a timeout, so a hang fails the test instead of stalling CI.
 """
@@ -236,3 +237,15 @@ def test_sparse_fine_tune_and_qat_train_on_two_processes(tiny_bert, stsb_small, 
         assert two[stage]["steps"] == one[stage]["steps"] > 0, stage
         loss_one, loss_two = one[stage]["final_loss"], two[stage]["final_loss"]
         assert abs(loss_two - loss_one) <= LOSS_TOLERANCE * loss_one, (stage, loss_one, loss_two)
+
+
+def test_an_error_on_rank_0_alone_reaches_the_waiting_ranks(tiny_bert, stsb_small, tmp_path):
+    """A usage error found by rank 0's preflight (the other ranks wait for its first
+    announcement): every rank exits with that error's code, and rank 0 alone says why."""
+    args = compress_args(tiny_bert, stsb_small, tmp_path / "run")
+    res = launch(torchrun(2, *args, "--until", "no-such-stage"))
+    log = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert log.count("usage error:") == 1, log[-3000:]
+    codes = re.findall(r"exitcode\s*: (-?\d+)", log)
+    assert set(codes) <= {"2", "-15"} and "2" in codes, codes

@@ -40,7 +40,7 @@ class Team:
         from kdeploy.train import distributed
 
         self.dist = distributed
-        self.rank = distributed.join()
+        distributed.join()
         self.in_stage = False  # the other ranks are inside a stage, not waiting for a message
 
     def announce(self, stage: Stage, inputs: StageInputs) -> None:
@@ -53,7 +53,6 @@ class Team:
                 "sources": dict(inputs.sources),
                 "profile": env.profile,
                 "options": env.options,
-                "run_dir": str(env.run_dir),
                 "manifest": env.manifest,
             }
         )

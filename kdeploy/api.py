@@ -20,7 +20,7 @@ from kdeploy.config.settings import runner_settings
 from kdeploy.core.errors import RunDirError, UsageError
 from kdeploy.core.fsutil import read_json
 from kdeploy.engine.rundir import RunView, is_run_dir, open_run
-from kdeploy.engine.runs import RunRequest, run_device_stages, run_pipeline
+from kdeploy.engine.runs import RunRequest, follow_leader, run_device_stages, run_pipeline
 from kdeploy.engine.scheduler import BudgetMissed, RunResult
 from kdeploy.evaluation.bench import bench_models, throughput_texts
 from kdeploy.evaluation.verify import verify_models
@@ -32,6 +32,7 @@ __all__ = [
     "RunResult",
     "Target",
     "bench",
+    "follow_leader",
     "open_target",
     "run_device_stages",
     "run_pipeline",

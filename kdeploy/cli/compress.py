@@ -102,11 +102,18 @@ def compress(
     trust_remote_code,
     no_progress,
 ) -> None:
-    """Distil, quantize, export, bench and verify a model for a profile's target."""
-    from kdeploy.api import BudgetMissed, RunRequest, run_pipeline
+    """Distil, quantize, export, bench and verify a model for a profile's target.
+
+    Under torchrun (`torchrun --nproc_per_node N -m kdeploy compress ...`) the training
+    stages run data-parallel on every process; rank 0 runs everything else."""
+    from kdeploy.api import BudgetMissed, RunRequest, follow_leader, run_pipeline
     from kdeploy.config import load_profile
+    from kdeploy.core import ranks
     from kdeploy.model_info import default_model_dir
     from kdeploy.stages import RunOptions
+
+    if not ranks.is_main():  # the profile, data and run dir come from rank 0
+        click.get_current_context().exit(follow_leader())
 
     if force and from_stage:
         raise UsageError(

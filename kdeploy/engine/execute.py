@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kdeploy.core import fsutil
 from kdeploy.core.errors import Interrupted, KdeployError, RunDirError, StageError
@@ -22,6 +23,9 @@ from kdeploy.core.fsutil import deferred_sigint, digest_files
 from kdeploy.engine.digests import ArtifactIndex, FileHashes
 from kdeploy.engine.manifest import Manifest, StageRecord, make_artifact, utcnow
 from kdeploy.stages.base import Stage, StageInputs, StageResult
+
+if TYPE_CHECKING:
+    from kdeploy.engine.team import Team
 
 KEY_FILE = ".kdeploy-key"
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -36,6 +40,7 @@ class RunState:
     index: ArtifactIndex
     hashes: FileHashes
     log: Callable[[str], None]
+    team: Team | None = None  # under torchrun: the other ranks, who train with rank 0
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,12 @@ def execute(state: RunState, plan: StagePlan) -> StageRecord:
     started, t0 = utcnow(), time.perf_counter()
     with _FailureGuard(state.run_dir, name, work, resumable):
         _prepare_work_dir(work, plan.key, resumable, state.log, name)
+        team = state.team if plan.stage.distributed() else None
+        if team is not None:
+            team.announce(plan.stage, plan.inputs)
         result = plan.stage.run(plan.inputs, work)
+        if team is not None:
+            team.stage_done()
     seconds = time.perf_counter() - t0
     record = _commit(state, plan, result, work, resumable, started, seconds)
     state.index.publish(record, state.run_dir)

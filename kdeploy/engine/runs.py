@@ -26,6 +26,7 @@ from kdeploy.engine.preflight import (
 )
 from kdeploy.engine.rundir import default_run_dir, locked, prepare_run_dir
 from kdeploy.engine.scheduler import Policy, RunResult, check_budgets, schedule
+from kdeploy.engine.team import Team, follow, lead
 from kdeploy.model_info import ModelInfo, inspect_model
 from kdeploy.stages import ORDER
 from kdeploy.stages.base import RunOptions, StageEnv
@@ -49,7 +50,20 @@ class RunRequest:
 
 def run_pipeline(req: RunRequest, log: Callable[[str], None] = print) -> RunResult:
     """Run (or resume) every enabled stage of the profile. Raises BudgetMissed at the end
-    when verify found a budget missed (all artifacts, report included, are kept)."""
+    when verify found a budget missed (all artifacts, report included, are kept).
+
+    Under torchrun this is rank 0's part (the other ranks ``follow_leader``): it alone
+    touches the run directory and runs the stages; the training stages it runs with the
+    other ranks (``team.py``)."""
+    return lead(lambda team: _run_pipeline(req, log, team))
+
+
+def follow_leader() -> int:
+    """A rank > 0 of a torchrun job: train with rank 0 until it ends; its exit code."""
+    return follow()
+
+
+def _run_pipeline(req: RunRequest, log: Callable[[str], None], team: Team | None) -> RunResult:
     t_start = time.perf_counter()
     check_stage_range(req.from_stage, req.until_stage)
     teacher = inspect_model(
@@ -66,6 +80,7 @@ def run_pipeline(req: RunRequest, log: Callable[[str], None] = print) -> RunResu
     prepare_run_dir(run_dir)
     with locked(run_dir):
         state = _host_state(req, teacher, run_dir, log)
+        state.team = team
         policy = Policy(
             until=req.until_stage or ORDER[-1], from_stage=req.from_stage, force=req.force
         )

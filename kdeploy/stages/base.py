@@ -171,11 +171,14 @@ class Stage:
         ``student_source`` is the distilled ``student_model``, else layer by layer (as
         before the redesign: QAT on a sparse student maps layer by layer)."""
         from kdeploy.data import labelled_dev
+        from kdeploy.train import distributed
         from kdeploy.train.finetune import fine_tune_layer_map, fine_tune_metrics, kd_fine_tune
         from kdeploy.train.sparsify import apply_masks
 
         p = self.profile
         t_info = self.inspect(inputs["teacher_model"])
+        if masks and distributed.active():  # rank 0's (maybe chosen before an interruption)
+            masks = distributed.broadcast_object(distributed.cpu_tree(masks))
         layer_map = fine_tune_layer_map(
             p.distill,
             p.student,
@@ -246,6 +249,11 @@ class Stage:
 
     def resumable(self) -> bool:
         """Keep ``out_dir`` after an interruption so that ``run`` resumes there."""
+        return False
+
+    def distributed(self) -> bool:
+        """Under torchrun, every rank runs this stage's training (in data parallel); the
+        other stages run on rank 0 alone."""
         return False
 
     def unavailable(self) -> str | None:

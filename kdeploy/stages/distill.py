@@ -28,6 +28,9 @@ class Distill(Stage):
     def resumable(self) -> bool:
         return True  # checkpoints every epoch in out_dir
 
+    def distributed(self) -> bool:
+        return True
+
     def config(self) -> dict:
         p = self.profile
         return {

@@ -72,6 +72,11 @@ class Quantize(Stage):
         """QAT checkpoints every epoch and resumes there; the other methods start over."""
         return isinstance(self.profile.quantize.method_config(), QatQuant)
 
+    def distributed(self) -> bool:
+        """QAT's KD fine-tuning; the other methods (and the export) run on rank 0."""
+        method = self.profile.quantize.method_config()
+        return isinstance(method, QatQuant) and method.fine_tune.epochs > 0
+
     def config(self) -> dict:
         p = self.profile
         cfg = {"quantize": p.quantize.model_dump(mode="json"), "seed": p.distill.seed}

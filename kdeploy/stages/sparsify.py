@@ -33,6 +33,9 @@ class Sparsify(Stage):
     def resumable(self) -> bool:
         return True  # masks and fine-tuning checkpoints are kept in out_dir
 
+    def distributed(self) -> bool:
+        return self.profile.sparsify.fine_tune.epochs > 0  # the KD fine-tuning
+
     def config(self) -> dict:
         p = self.profile
         return {

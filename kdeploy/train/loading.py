@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
+from kdeploy.core import ranks
 from kdeploy.core.errors import ModelError
 from kdeploy.families import family_of
 from kdeploy.model_info import ModelInfo
@@ -116,4 +117,8 @@ def model_inputs(path: Path) -> tuple[str, ...] | None:
 
 
 def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The GPU when there is one (under torchrun: GPU ``LOCAL_RANK`` of the node), else CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    me = ranks.current()
+    return torch.device(f"cuda:{me.local_rank}" if me.distributed else "cuda")

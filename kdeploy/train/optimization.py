@@ -3,6 +3,7 @@ teacher's width, and AdamW with a linear warm-up schedule over both."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,11 +22,15 @@ class Optimization:
     params: list[torch.nn.Parameter]  # everything trained, for gradient clipping
     optimizer: torch.optim.AdamW
     scheduler: torch.optim.lr_scheduler.LambdaLR
+    # averages the gradients DDP does not (the projections'), between backward and clipping
+    sync: Callable[[], None] | None = None
 
     def step(self, loss: torch.Tensor, max_grad_norm: float) -> None:
         """Backpropagate ``loss``, clip the gradients' norm, step optimizer and schedule."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.sync is not None:
+            self.sync()
         torch.nn.utils.clip_grad_norm_(self.params, max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()

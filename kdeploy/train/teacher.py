@@ -17,10 +17,12 @@ import numpy as np
 import torch
 
 from kdeploy.config import DistillConfig
+from kdeploy.core import ranks
 from kdeploy.core.errors import ModelError
 from kdeploy.core.fsutil import atomic_write_json, digest_json
 from kdeploy.data import TrainItem
 from kdeploy.model_info import ModelInfo
+from kdeploy.train import distributed
 from kdeploy.train.batching import token_lengths, tokenize
 from kdeploy.train.evaluate import pool
 from kdeploy.train.kd import Outputs, applicable_losses
@@ -147,15 +149,19 @@ def _cached_targets(
     cache_dir: Path, key: str, compute: Callable[[], np.ndarray], log: Callable[[str], None]
 ) -> np.ndarray:
     """``compute()``'s targets, saved in ``cache_dir`` under ``key``; a rerun (a resumed
-    stage, or a later training stage of the same run on the same texts) loads them."""
+    stage, or a later training stage of the same run on the same texts) loads them.
+    Under torchrun rank 0's cache decides and only rank 0 writes it."""
     path = cache_dir / f"teacher_targets-{key[:16]}.npy"
     meta = cache_dir / f"teacher_targets-{key[:16]}.json"
-    if path.is_file() and meta.is_file() and json.loads(meta.read_text()).get("key") == key:
+    hit = path.is_file() and meta.is_file() and json.loads(meta.read_text()).get("key") == key
+    if distributed.broadcast_object(hit):
         log(f"reusing cached teacher targets ({path.name})")
-        return np.load(path)
+        return distributed.broadcast_array(np.load(path) if hit else None)
     cache_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     targets = compute()
+    if not ranks.is_main():
+        return targets
     tmp = cache_dir / f"teacher_targets-{key[:16]}.tmp.npy"
     try:
         np.save(tmp, targets)
@@ -201,6 +207,7 @@ def prepare_teacher(
     from kdeploy.train.teacher_onnx import model_fingerprint
 
     cache = cache_dir or work_dir
+    records: list[TargetsRecord] = []
     key = digest_json(
         {
             "items": items,
@@ -211,12 +218,12 @@ def prepare_teacher(
         }
     )
 
-    def compute() -> np.ndarray:
+    def on_shard(part: list[TrainItem]) -> np.ndarray:
         targets, record = fastest_exact_targets(
             model,
             tokenizer,
             info,
-            items,
+            part,
             max_len,
             max(cfg.batch_size, 64),
             device,
@@ -225,6 +232,13 @@ def prepare_teacher(
             progress=progress,
             log=log,
         )
+        records.append(record)
+        return targets
+
+    def compute() -> np.ndarray:
+        records.clear()
+        targets = distributed.sharded(on_shard, items)  # each rank its shard, gathered
+        record = records[-1]  # this rank's (rank 0's is the one logged)
         check = (
             f", one batch vs torch: max |diff| {record.check_max_abs_diff:.1e}"
             if record.check_max_abs_diff is not None

@@ -4,6 +4,10 @@ with the profile's losses.
 Training checkpoints after every epoch (student, optimizer, schedule, best-so-far),
 so an interrupted run resumes at the last finished epoch and, because every epoch reseeds
 from (seed, epoch), ends with the same weights as an uninterrupted one.
+
+Under ``torchrun`` the student trains in DDP (``distributed``): every rank takes its slice of
+the same global batches; rank 0 alone scores dev, writes checkpoints and shows progress, and
+a resumed checkpoint reaches the other ranks from it.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +23,14 @@ import torch
 from tqdm.auto import tqdm
 
 from kdeploy.config import DistillConfig
+from kdeploy.core import ranks
 from kdeploy.core.errors import ModelError
 from kdeploy.data import Split, TrainItem
-from kdeploy.train import checkpoint
+from kdeploy.train import checkpoint, distributed
 from kdeploy.train.batching import shuffled_batches, token_lengths, tokenize
 from kdeploy.train.checkpoint import TrainState
 from kdeploy.train.evaluate import score
-from kdeploy.train.kd import applicable_losses, total_loss
+from kdeploy.train.kd import Outputs, applicable_losses, total_loss
 from kdeploy.train.loading import pick_device
 from kdeploy.train.optimization import Optimization, make_optimization, make_projections
 from kdeploy.train.teacher import Teacher, model_outputs
@@ -51,11 +56,27 @@ class TrainRecord:
     device: str
 
 
+class _StudentForward(torch.nn.Module):
+    """The student's forward pass as the losses read it (pooled output, hidden states,
+    attentions), and nothing else: what DDP wraps, so that a part of the student no loss
+    reaches (BERT's pooler) is an unused parameter to DDP, not a gradient it waits for."""
+
+    def __init__(self, student: torch.nn.Module, info) -> None:
+        super().__init__()
+        self.student = student
+        self.info = info
+
+    def forward(self, batch: dict, hidden: bool, attentions: bool):
+        out = model_outputs(self.student, batch, self.info, hidden=hidden, attentions=attentions)
+        return out.pooled, out.hidden, out.attentions
+
+
 @dataclass
 class _Training:
     """What every epoch of one ``train_kd`` call works with."""
 
     student: torch.nn.Module
+    model: torch.nn.Module  # the student's forward (_StudentForward), in DDP when distributed
     teacher: Teacher
     online: torch.nn.Module | None  # the teacher model, run beside the student
     cfg: DistillConfig
@@ -74,15 +95,16 @@ class _Training:
     def batch_loss(self, idx: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
         """The weighted KD loss of the items ``idx`` and the value of each part."""
         t, cfg = self.teacher, self.cfg
+        idx, weight = distributed.rank_part(idx)  # this rank's slice of the global batch
         batch = tokenize(t.tokenizer, [self.items[i] for i in idx], t.max_len, self.device)
         want = {"hidden": cfg.losses.hidden_mse > 0, "attentions": cfg.losses.attention_kl > 0}
         t_out = None
         if self.online is not None:
             with torch.no_grad():
                 t_out = model_outputs(self.online, batch, t.info, **want)
-        s_out = model_outputs(self.student, batch, t.info, **want)
+        s_out = Outputs(*self.model(batch, **want))
         proj = self.projections
-        return total_loss(
+        loss, parts = total_loss(
             s_out,
             t.info.kind,
             cfg,
@@ -94,18 +116,22 @@ class _Training:
             projections=None if proj is None else proj["hidden"],
             embedding_projection=None if proj is None else proj["embedding"],
         )
+        if weight == 1.0:
+            return loss, parts
+        return loss * weight, {k: v * weight for k, v in parts.items()}
 
     def run_epoch(self, epoch: int, step: int, *, progress: bool, label: str) -> dict:
         """One pass over the items in batches shuffled with (seed, epoch), ending early at
         the schedule's last step; returns the history entry (epoch, step, mean losses)."""
-        rng = np.random.default_rng([self.cfg.seed, epoch])
-        torch.manual_seed(self.cfg.seed * 1000 + epoch)
+        rng = np.random.default_rng([self.cfg.seed, epoch])  # the same batches on every rank
+        # dropout: rank 0 draws as one process does, the other ranks their own masks
+        torch.manual_seed(self.cfg.seed * 1000 + epoch + 1_000_003 * ranks.current().rank)
         running: dict[str, float] = {}
         count = 0
         bar = tqdm(
             shuffled_batches(rng, self.lengths, self.cfg.batch_size),
             desc=f"{label} epoch {epoch + 1}/{self.epochs}",
-            disable=not progress,
+            disable=not (progress and ranks.is_main()),
             unit="batch",
         )
         for idx in bar:
@@ -120,8 +146,7 @@ class _Training:
             for k, v in {"loss": float(loss.detach()), **parts}.items():
                 running[k] = running.get(k, 0.0) + v
             bar.set_postfix(loss=f"{running['loss'] / count:.5f}")
-        means = {k: v / max(count, 1) for k, v in running.items()}
-        return {"epoch": epoch + 1, "step": step, **means}
+        return {"epoch": epoch + 1, "step": step, **distributed.mean_over_ranks(running, count)}
 
 
 def _online_teacher(
@@ -173,8 +198,11 @@ def _setup(
         projections.to(device)
     steps_per_epoch = math.ceil(len(items) / cfg.batch_size)
     total_steps = max(1, round(steps_per_epoch * cfg.epochs))
+    opt = make_optimization(student, projections, cfg, total_steps)
+    opt.sync = distributed.grad_averager(projections)
     return _Training(
         student=student,
+        model=_StudentForward(student, teacher.info),  # in DDP once resumed (``train_kd``)
         teacher=teacher,
         online=online,
         cfg=cfg,
@@ -186,7 +214,7 @@ def _setup(
         targets=torch.from_numpy(teacher.targets),
         total_steps=total_steps,
         epochs=math.ceil(total_steps / steps_per_epoch),
-        opt=make_optimization(student, projections, cfg, total_steps),
+        opt=opt,
         device=device,
         after_step=after_step,
     )
@@ -205,6 +233,49 @@ def _judge_epoch(run: _Training, state: TrainState, entry: dict, dev: Split, bes
         state.bad_epochs += 1
     pat = run.cfg.early_stopping_patience
     state.stopped_early = bool(pat and state.bad_epochs >= pat)
+
+
+def _judge_on_main(run: _Training, state: TrainState, entry: dict, dev: Split, best: Path) -> None:
+    """``_judge_epoch`` on rank 0, its verdict sent to the other ranks (they wait)."""
+    if ranks.is_main():
+        _judge_epoch(run, state, entry, dev, best)
+    verdict = distributed.broadcast_object(
+        (entry.get("dev_score"), state.best_score, state.best_epoch, state.bad_epochs,
+         state.stopped_early)
+    )  # fmt: skip
+    entry["dev_score"] = verdict[0]
+    state.best_score, state.best_epoch, state.bad_epochs, state.stopped_early = verdict[1:]
+
+
+def _resume(run: _Training, ckpt: Path) -> TrainState | None:
+    """The checkpoint's progress, loaded on rank 0 and sent to the other ranks with the
+    optimizer, schedule and projections (the student's weights follow when DDP wraps it):
+    a checkpoint does not depend on how many processes wrote or read it."""
+    main = ranks.is_main()
+    proj, opt = run.projections, run.opt
+    state = checkpoint.load(ckpt, run.student, opt, proj, run.device) if main else None
+    if not distributed.active():
+        return state
+    cpu = distributed.cpu_tree
+    blob = distributed.broadcast_object(
+        {
+            "state": None if state is None else asdict(state),
+            "optimizer": None if state is None else cpu(opt.optimizer.state_dict()),
+            "scheduler": None if state is None else opt.scheduler.state_dict(),
+            "projections": None if proj is None else cpu(proj.state_dict()),
+        }
+        if main
+        else None
+    )
+    if main:
+        return state
+    if proj is not None:
+        proj.load_state_dict(blob["projections"])
+    if blob["state"] is None:
+        return None
+    opt.optimizer.load_state_dict(blob["optimizer"])
+    opt.scheduler.load_state_dict(blob["scheduler"])
+    return TrainState(**blob["state"])
 
 
 def _record(run: _Training, state: TrainState, seconds: float) -> TrainRecord:
@@ -248,10 +319,12 @@ def train_kd(
     ``after_step`` runs after every optimizer step (e.g. to re-apply sparsity masks).
     A student narrower than the teacher trains learned projections to the teacher's width
     (``make_projections``; ``student_dims`` initialises them), which are not part of it.
+    Under torchrun, ranks other than 0 end with ``distributed.WorkerDone`` once trained.
     """
     run = _setup(student, teacher, cfg, items, layer_map, after_step, student_dims)
     ckpt = work_dir / "checkpoint"
-    state = checkpoint.load(ckpt, student, run.opt, run.projections, run.device)
+    state = _resume(run, ckpt)
+    run.model = distributed.wrap(run.model, run.device)
     if state is None:
         state = TrainState()
     else:
@@ -266,16 +339,19 @@ def train_kd(
             break
         entry = run.run_epoch(epoch, state.step, progress=progress, label=label)
         if cfg.select_best and dev is not None:
-            _judge_epoch(run, state, entry, dev, work_dir / "best")
+            _judge_on_main(run, state, entry, dev, work_dir / "best")
         state.history.append(entry)
         state.epoch, state.step = entry["epoch"], entry["step"]
-        checkpoint.save(ckpt, student, run.opt, run.projections, state)
+        if ranks.is_main():
+            checkpoint.save(ckpt, student, run.opt, run.projections, state)
         # logged once checkpointed: a Ctrl-C from here on resumes after this epoch
         log(
             f"epoch {state.epoch}/{run.epochs}: loss {entry.get('loss', 0):.6f}"
             + (f", dev {entry['dev_score']:.2f}" if "dev_score" in entry else "")
             + (" (stopping early)" if state.stopped_early else "")
         )
+    if not ranks.is_main():
+        raise distributed.WorkerDone  # saving the student is rank 0's
     if state.best_epoch is not None:
         checkpoint.load_weights(work_dir / "best", student)
         log(f"keeping epoch {state.best_epoch} (best dev score {state.best_score:.2f})")

@@ -259,3 +259,16 @@ def test_smoke_st_parity(tiny_run, stsb_small, tmp_path):
     body = written(out, "st_parity", "st_parity")
     assert "| student_int8 | `onnx/model_qint8_quantized.onnx` |" in body
     assert "| student_fp32 | `onnx/model.onnx` |" in body
+
+
+def test_smoke_ddp_scaling(tiny_bert, stsb_small, tmp_path):
+    out = tmp_path / "R.md"
+    sets = [x for o in TINY_OVERRIDES for x in ("--set", o)]
+    argv = ["--model", str(tiny_bert), "--data", str(stsb_small), "--procs", "1", "2"]
+    argv += ["--out", str(tmp_path / "runs"), "--timeout", "300", *sets]
+    bench_module("ddp_scaling").main([*argv, "--write", "--results", str(out)])
+    body = written(out, "ddp_scaling-custom", "ddp_scaling")
+    rows = [line for line in body.splitlines() if line.startswith(("| 1 x 2 |", "| 2 x 1 |"))]
+    assert len(rows) == 2
+    # the same global batch: the same texts and optimizer steps on 1 process and on 2
+    assert rows[0].split(" | ")[5:7] == rows[1].split(" | ")[5:7]

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # highest first; a unit is a package (kdeploy.train) or a top-level module (kdeploy.data)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("entry", ("kdeploy.__main__",)),  # `python -m kdeploy` (torchrun's -m kdeploy)
     ("cli", ("kdeploy.cli",)),
     ("api", ("kdeploy.api",)),
     ("engine", ("kdeploy.engine",)),

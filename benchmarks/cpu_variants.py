@@ -195,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--only", nargs="+", default=None, help="measure only these variants")
     ap.add_argument("--latency-texts", type=int, default=500, help="batch-1 calls per system")
     ap.add_argument("--no-openvino", action="store_true", help="ONNX Runtime variants only")
+    ap.add_argument(
+        "--extra",
+        nargs="+",
+        default=[],
+        metavar="NAME=PATH",
+        help="more rows: model files of other runs of the same student (.onnx on ONNX "
+        "Runtime, .xml on OpenVINO), e.g. a modelopt QAT Q/DQ graph",
+    )
     add_write_options(ap)
     return ap
 
@@ -239,6 +247,11 @@ def main(argv: list[str] | None = None) -> None:
         )
     if args.only:
         variants = {k: v for k, v in variants.items() if k in args.only}
+    for spec in args.extra:
+        name, _, path = spec.partition("=")
+        if not path or not Path(path).is_file():
+            raise SystemExit(f"--extra {spec}: expected NAME=PATH of an existing model file")
+        variants[name] = Path(path)
     if "teacher_int8" in view.models:
         tdir = view.models["teacher_int8"]
         variants = {"teacher optimum dyn-INT8": tdir / "model.onnx", **variants}

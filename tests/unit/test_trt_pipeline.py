@@ -97,7 +97,8 @@ def test_build_plan_from_the_real_quantized_model(a100_run):
     plan = make_plan(build_settings(p), onnx_inputs(onnx), onnx="quantize/student/model.onnx")
     assert {s.name for s in plan.shapes} <= {"input_ids", "attention_mask", "token_type_ids"}
     assert "input_ids" in {s.name for s in plan.shapes}
-    assert "--int8" in trtexec_argv(plan)
+    argv = trtexec_argv(plan)
+    assert "--stronglyTyped" in argv and "--int8" not in argv and "--fp16" not in argv
 
 
 def test_compress_cli_exit_code_on_rerun(a100_run, tiny_bert, stsb_small, tmp_path):

@@ -62,21 +62,27 @@ def _dequantized(name: str, producer: dict) -> bool:
     return False
 
 
-def gemm_share(onnx_path: Path, *, batch: int = 1, sequence: int = 128) -> GemmShare:
-    """Run the graph once on a (batch, sequence) input of real token shape (all tokens
-    attended) and count each MatMul/Gemm's FLOPs (2 x output elements x inner dim)."""
+def gemm_share(
+    onnx_path: Path,
+    *,
+    batch: int = 1,
+    sequence: int = 128,
+    feeds: dict[str, np.ndarray] | None = None,
+) -> GemmShare:
+    """Run the graph once on a (batch, sequence) input of token ids (all tokens attended;
+    ``feeds``: other inputs) and count each MatMul/Gemm's FLOPs (2 x output elements x
+    inner dimension)."""
     import onnx
 
     from kdeploy.runtime.reference import ReferenceRunner
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     producer = {o: n for n in model.graph.node for o in n.output}
-    feeds = {
-        i.name: np.ones((batch, sequence), dtype=np.int64)
-        if i.name != "token_type_ids"
-        else np.zeros((batch, sequence), dtype=np.int64)
-        for i in model.graph.input
-    }
+    if feeds is None:
+        feeds = {
+            i.name: np.full((batch, sequence), int(i.name != "token_type_ids"), np.int64)
+            for i in model.graph.input
+        }
     with ReferenceRunner(onnx_path) as r:
         values = r.intermediates(feeds)
     flops = {"int8": 0, "fp16": 0, "fp32": 0}

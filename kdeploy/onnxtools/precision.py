@@ -54,7 +54,7 @@ class CastResult:
     fp32_nodes: dict[str, list[str]]  # rule -> node names kept FP32
     nodes: int
     fp16_nodes: int
-    casts_added: int
+    casts: int  # Cast nodes in the result (AutoCast also removes redundant ones)
     opset: int
     bytes_before: int
     bytes_after: int
@@ -142,16 +142,14 @@ def cast_fp16(src: Path, dst: Path, keep: tuple[str, ...] | list[str] = DEFAULT_
         logger.setLevel(level)
     onnx.save(out, str(dst))
     fp16 = _fp16_node_count(out)
-    casts = sum(n.op_type == "Cast" for n in out.graph.node) - sum(
-        n.op_type == "Cast" for n in model.graph.node
-    )
+    casts = sum(n.op_type == "Cast" for n in out.graph.node)
     return CastResult(
         tool="modelopt.onnx.autocast.convert_to_mixed_precision",
         keep_fp32=list(keep),
         fp32_nodes=kept,
         nodes=len(out.graph.node),
         fp16_nodes=fp16,
-        casts_added=casts,
+        casts=casts,
         opset=_opset(out),
         bytes_before=before,
         bytes_after=dst.stat().st_size,

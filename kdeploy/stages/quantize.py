@@ -147,7 +147,7 @@ class Quantize(Stage):
         self.log(
             f"FP16 graph (modelopt AutoCast): {result.fp16_nodes} of {result.nodes} nodes FP16, "
             f"{kept} kept FP32 by rule ({', '.join(keep) or 'none'}), "
-            f"{result.casts_added} Casts added, opset {result.opset}"
+            f"{result.casts} Casts, opset {result.opset}"
         )
         share = gemm_share(out / card.model_file)
         self.log(

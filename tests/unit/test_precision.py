@@ -211,3 +211,43 @@ def test_gemm_flops_by_precision(tmp_path):
     assert share.flops == {"int8": 2 * 2 * 16 * H * H, "fp16": 0, "fp32": 0}
     assert share.share["int8"] == 1.0
     assert [g["node"] for g in share.gemms] == ["gemm1", "gemm2"]
+
+
+def test_reference_erf_and_matmul_match_onnx_semantics(tmp_path):
+    """The two ops the reference runner replaces: Erf within 2e-7 of math.erf in FP32 and
+    exact to FP16 rounding; MatMul of a 3-D by a 2-D operand equal to numpy's matmul."""
+    import math
+
+    x = np.linspace(-6, 6, 4001, dtype=np.float32)
+    nodes = [
+        helper.make_node("Erf", ["x"], ["e"], name="erf"),
+        helper.make_node("Cast", ["x"], ["x16"], to=TensorProto.FLOAT16, name="c"),
+        helper.make_node("Erf", ["x16"], ["e16"], name="erf16"),
+        helper.make_node("MatMul", ["a", "w"], ["mm"], name="mm"),
+    ]
+    w = np.random.default_rng(3).normal(size=(8, 5)).astype(np.float32)
+    graph = helper.make_graph(
+        nodes,
+        "ops",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [None]),
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3, 8]),
+        ],
+        [
+            helper.make_tensor_value_info("e", TensorProto.FLOAT, [None]),
+            helper.make_tensor_value_info("e16", TensorProto.FLOAT16, [None]),
+            helper.make_tensor_value_info("mm", TensorProto.FLOAT, [2, 3, 5]),
+        ],
+        [numpy_helper.from_array(w, "w")],
+    )
+    path = tmp_path / "ops.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), str(path))
+    a = np.random.default_rng(4).normal(size=(2, 3, 8)).astype(np.float32)
+    with ReferenceRunner(path) as r:
+        out = r.infer({"x": x, "a": a})
+    exact = np.array([math.erf(v) for v in x.astype(np.float64)])
+    assert np.abs(out["e"] - exact).max() < 2e-7
+    assert out["e16"].dtype == np.float16
+    exact16 = np.array([math.erf(v) for v in x.astype(np.float16).astype(np.float64)])
+    assert np.abs(out["e16"].astype(np.float64) - exact16.astype(np.float16)).max() <= 2**-11
+    np.testing.assert_allclose(out["mm"], a @ w, rtol=1e-5, atol=1e-6)

@@ -28,7 +28,7 @@ import contextlib
 import io
 import logging
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,6 @@ class CastResult:
     opset: int
     bytes_before: int
     bytes_after: int
-    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -256,3 +256,21 @@ def test_build_command_without_torch(a100_run, tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert "NO-HOST-MODULES" in res.stdout and "kdeploy[trt]" in res.stderr
+
+
+def test_report_names_the_fp32_kept_ops(a100_run):
+    """The run report has the strongly typed graph's own section: the lint, the nodes each
+    rule kept FP32 (named), the FLOP shares and the CPU check; the generic quantization
+    lines do not dump those metrics."""
+    from kdeploy.report.markdown import quantize_lines
+
+    run_dir, _ = a100_run
+    q = load_manifest(run_dir).stages["quantize"].metrics
+    text = "\n".join(quantize_lines(q))
+    assert "## TensorRT graph (strongly typed" in text
+    first_ln = q["qdq_lint"]["fp32_kept"]["layernorm"][0]
+    assert f"kept FP32 by rule `layernorm`: 5 node(s): {first_ln}" in text
+    assert "kept FP32 by rule `softmax`: 2 node(s)" in text
+    assert "GEMM FLOPs at batch 1 x 128: INT8 " in text and "retention 1.0000" in text
+    # the per-GEMM list and the rule -> nodes map stay in the metrics, not in the report
+    assert "passed" in text and "fp32_nodes" not in text and "'precision': " not in text

@@ -37,7 +37,7 @@ import numpy as np
 
 from kdeploy.config.methods import DynamicQuant, Fp16Graph, PtqQuant, QatQuant, StaticQuant
 from kdeploy.core.errors import ExportError
-from kdeploy.data import calibration_texts, load_task_data
+from kdeploy.data import calibration_texts, labelled_dev, load_task_data
 from kdeploy.model_info import sparse_layers
 from kdeploy.runtime.card import ModelCard
 from kdeploy.stages.base import Stage, StageInputs, StageResult, maybe, need
@@ -130,8 +130,8 @@ class Quantize(Stage):
         return StageResult(outputs=outputs, metrics=metrics)
 
     def cast_fp16(self, out: Path, fp32_dir: Path) -> dict:
-        """The graph in ``out`` rewritten FP16 but for the keep_fp32 ops; the FP32 one (a
-        model dir) moves to ``fp32_dir``."""
+        """The graph in ``out`` rewritten FP16 but for the keep_fp32 ops; the FP32 one is
+        kept, as a model dir, in ``fp32_dir``."""
         from kdeploy.evaluation.cast_check import gemm_share
         from kdeploy.onnxtools.precision import cast_fp16
 
@@ -171,7 +171,10 @@ class Quantize(Stage):
             with open_model(fp32_dir) as m:
                 self.reference = (texts, m.outputs(texts))
         texts, ref = self.reference
-        split = load_task_data(inputs["dataset"], need_train=False).eval_split(p.verify.eval_split)
+        # the dev split (the issue's and QAT's selection split); verify's split without one
+        split = labelled_dev(inputs["dataset"]) or load_task_data(
+            inputs["dataset"], need_train=False
+        ).eval_split(p.verify.eval_split)
         n, batch_size = eval_plan(p.verify, split)
         budget = p.quantize.cast_budget
         check = check_cast(

@@ -279,11 +279,13 @@ class CastBudget(_Strict):
     more fails the quantize stage."""
 
     min_cosine: float = Field(
-        default=0.999,
+        default=0.98,
         gt=0,
         le=1,
         description="Lowest cosine between the FP16 graph's outputs and the (fake-quantized) "
-        "torch model's, per validation text.",
+        "torch model's, per validation text. FP16 activations ahead of the INT8 quantizers "
+        "cost all-MiniLM-L6-v2's 3-layer QAT student 0.5% median, 0.9% worst cosine "
+        "(benchmarks/RESULTS.md, issue 20): the task retention is the finer gate.",
     )
     min_retention: float = Field(
         default=0.995,

@@ -261,7 +261,8 @@ def test_smoke_strongly_typed(tiny_run, stsb_small, tmp_path):
     argv += ["--split", "test", "--examples", "16", "--batch-size", "8"]
     bench_module("strongly_typed").main([*argv, "--write", "--results", str(out)])
     body = written(out, "strongly_typed", "strongly_typed")
-    assert "| FP32 Q/DQ (as exported; ONNX Runtime) |" in body
+    assert "| FP32 (ONNX Runtime) |" in body  # the exported student: no Q/DQ
+    assert "| FP16 graph, shipped rules (layernorm, softmax, head) |" in body
     assert "| ... nothing kept FP32 |" in body
     share = re.search(r"\n\| (\d+\.\d)% \| (\d+\.\d)% \| (\d+\.\d)% \|", body)
     assert share and float(share[2]) == 100.0  # no Q/DQ in this graph: every GEMM FP16

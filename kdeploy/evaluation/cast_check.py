@@ -23,6 +23,7 @@ import numpy as np
 from kdeploy.core.errors import ExportError
 from kdeploy.data import Split
 from kdeploy.evaluation.verify import evaluate
+from kdeploy.onnxtools.qdq_lint import dequantized
 from kdeploy.runtime.card import ModelCard
 from kdeploy.runtime.metrics import cosine_rows
 from kdeploy.runtime.model import open_model
@@ -30,7 +31,6 @@ from kdeploy.runtime.runners import RunnerSettings
 
 REFERENCE = RunnerSettings(providers=("reference",))
 GEMM_OPS = ("MatMul", "Gemm")
-_LAYOUT = ("Transpose", "Reshape", "Identity")
 _DTYPE_NAME = {np.dtype(np.float16): "fp16", np.dtype(np.float32): "fp32"}
 
 
@@ -47,19 +47,6 @@ class GemmShare:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-def _dequantized(name: str, producer: dict) -> bool:
-    for _ in range(4):
-        node = producer.get(name)
-        if node is None:
-            return False
-        if node.op_type == "DequantizeLinear":
-            return True
-        if node.op_type not in _LAYOUT:
-            return False
-        name = node.input[0]
-    return False
 
 
 def gemm_share(
@@ -92,7 +79,7 @@ def gemm_share(
             continue
         a, out = values[n.input[0]], values[n.output[0]]
         f = 2 * int(out.size) * int(a.shape[-1])
-        if all(_dequantized(i, producer) for i in n.input[:2]):
+        if all(dequantized(i, producer) for i in n.input[:2]):
             prec = "int8"
         else:
             prec = _DTYPE_NAME.get(np.dtype(a.dtype), str(a.dtype))

@@ -184,7 +184,7 @@ def _int8_gemms(idx: _GraphIndex, nodes: Any) -> list:
         for n in nodes
         if n.op_type in GEMM_OPS
         and len(n.input) >= 2
-        and all(_dequantized(i, idx.producer) for i in n.input[:2])
+        and all(dequantized(i, idx.producer) for i in n.input[:2])
     ]
 
 
@@ -318,7 +318,7 @@ def _gemm_inputs_rule(idx: _GraphIndex, nodes: Any) -> list[Finding]:
     for n in nodes:
         if n.op_type not in GEMM_OPS or len(n.input) < 2:
             continue
-        fed = [_dequantized(i, idx.producer) for i in n.input[:2]]
+        fed = [dequantized(i, idx.producer) for i in n.input[:2]]
         if any(fed) and not all(fed):
             which = "weight" if fed[0] else "activation"
             found.append(
@@ -346,7 +346,8 @@ def _effective_consumers(name: str, consumers: dict[str, list]) -> list:
     return out
 
 
-def _dequantized(name: str, producer: dict) -> bool:
+def dequantized(name: str, producer: dict) -> bool:
+    """``name`` is a DequantizeLinear output, directly or through layout ops."""
     for _ in range(4):
         node = producer.get(name)
         if node is None:

@@ -91,8 +91,15 @@ class QatQuant(_View):
     fine_tune: FineTune
 
 
+class Fp16Graph(_View):
+    """No INT8: the exported FP32 student written as an FP16 graph (modelopt AutoCast), the
+    ``keep_fp32`` ops left in FP32, for a strongly typed FP16 TensorRT engine."""
+
+    method: Literal["fp16"]
+
+
 QuantizeMethod = Annotated[
-    DynamicQuant | StaticQuant | PtqQuant | QatQuant, Field(discriminator="method")
+    DynamicQuant | StaticQuant | PtqQuant | QatQuant | Fp16Graph, Field(discriminator="method")
 ]
 TORCH_QUANTIZE = (PtqQuant, QatQuant)  # quantize the torch model before export
 

@@ -272,10 +272,21 @@ def distill_length_is_exported(p: Profile) -> None:
 
 
 def precision_matches_quantize(p: Profile) -> None:
-    if p.target.precision == "int8" and not p.quantize.enabled:
+    t, q = p.target, p.quantize
+    fp16_graph = q.enabled and q.method == "fp16"
+    if t.precision == "int8" and not q.enabled:
         raise ValueError("target.precision is int8 but quantize.enabled is false")
-    if p.target.precision != "int8" and p.quantize.enabled:
-        raise ValueError(f"quantize.enabled is true but target.precision is {p.target.precision}")
+    if t.precision == "int8" and fp16_graph:
+        raise ValueError("target.precision is int8 but quantize.method fp16 writes no INT8")
+    trt_fp16 = t.precision == "fp16" and t.runtime == "trt"
+    if trt_fp16 and not fp16_graph:
+        raise ValueError(
+            "target.precision fp16 on TensorRT needs an FP16 graph (engines are strongly "
+            "typed: they run the types the ONNX graph gives; TensorRT 11 has no FP16 "
+            "builder flag): set quantize.enabled: true and quantize.method: fp16"
+        )
+    if t.precision != "int8" and q.enabled and not (trt_fp16 and fp16_graph):
+        raise ValueError(f"quantize.enabled is true but target.precision is {t.precision}")
 
 
 def preferred_batches_fit(p: Profile) -> None:

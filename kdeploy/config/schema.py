@@ -290,15 +290,55 @@ class SparsifyConfig(_Strict):
         return method_config(SPARSIFY_METHODS, self)
 
 
+# the groups of ops a strongly typed graph keeps in FP32 (kdeploy.onnxtools.precision)
+KeepFp32 = Literal["layernorm", "softmax", "head"]
+
+
+class CastBudget(_Strict):
+    """How much the FP16 graph may lose against the FP32 one it was cast from, measured on
+    CPU (ONNX's reference evaluator runs every op in the graph's types): a graph that loses
+    more fails the quantize stage."""
+
+    min_cosine: float = Field(
+        default=0.98,
+        gt=0,
+        le=1,
+        description="Lowest cosine between the FP16 graph's outputs and the (fake-quantized) "
+        "torch model's, per validation text. FP16 activations ahead of the INT8 quantizers "
+        "cost all-MiniLM-L6-v2's 3-layer QAT student 0.5% median, 0.9% worst cosine "
+        "(benchmarks/RESULTS.md, issue 20): the task retention is the finer gate.",
+    )
+    min_retention: float = Field(
+        default=0.995,
+        gt=0,
+        le=2,
+        description="The FP16 graph's dev-split task metric over the FP32 graph's.",
+    )
+
+
 class QuantizeConfig(_Strict):
     enabled: bool = True
-    method: Literal["dynamic", "static", "ptq", "qat"] = Field(
+    method: Literal["dynamic", "static", "ptq", "qat", "fp16"] = Field(
         default="dynamic",
         description="ONNX Runtime post-training: dynamic (INT8 weights, activations "
         "quantized at run time) or static (activations calibrated on the train split). "
         "modelopt, in torch, exported as Q/DQ ONNX: ptq (calibration only) or qat "
-        "(calibration, then KD fine-tuning with fake quantization).",
+        "(calibration, then KD fine-tuning with fake quantization). fp16: no INT8, the "
+        "student as an FP16 graph (TensorRT targets with precision fp16).",
     )
+    high_precision: Literal["fp16", "fp32"] = Field(
+        default="fp16",
+        description="TensorRT targets: the type of everything outside the INT8 GEMMs, "
+        "written into the Q/DQ graph (strongly typed engines run the graph's types). fp32: "
+        "the Q/DQ graph as exported (slower: FP32 between the INT8 GEMMs).",
+    )
+    keep_fp32: list[KeepFp32] = Field(
+        default=["layernorm", "softmax", "head"],
+        description="FP16 graphs: the ops kept in FP32 by rule. layernorm: LayerNormalization; "
+        "softmax: attention Softmax; head: everything after the encoder's last LayerNorm "
+        "(pooling, L2 normalisation, classifier).",
+    )
+    cast_budget: CastBudget = CastBudget()
     format: Literal["qoperator", "qdq"] = "qoperator"
     per_channel: bool = True
     weight_type: Literal["int8", "uint8"] = "int8"

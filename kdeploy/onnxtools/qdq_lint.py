@@ -18,6 +18,14 @@ Sources (short names used by the rules):
 - [TRT-3197] NVIDIA/TensorRT#3197, [TRT-1144] NVIDIA/TensorRT#1144, [MO-80]
   NVIDIA/Model-Optimizer#80: engines slower than FP16 because Q/DQ sat where no INT8
   kernel could absorb it, leaving layers "fp32-in-fp32-out" with reformats around them.
+- [TRT-ST] TensorRT Developer Guide, "Strongly Typed Networks" (10.12+; the only mode of
+  TensorRT 11, see the 10.x -> 11.x migration guide): every tensor runs in the type the
+  graph gives it, so an FP32 tensor between two INT8 GEMMs of an FP16 graph is an FP32
+  layer with FP16<->FP32 reformats around it; the builder cannot choose otherwise.
+
+Strongly typed rules apply to mixed FP16 graphs (``kdeploy.onnxtools.precision``): the
+ops a ``keep_fp32`` rule names may run FP32 (with their Casts); any other FP32 compute
+between INT8 GEMMs is an island (``fp32-island``).
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from kdeploy.onnxtools.precision import DEFAULT_KEEP, downstream, fp32_nodes, tensor_types
 
 GEMM_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose"}
 # ops that only move a quantized weight into place before its GEMM ([TRT-1604])
@@ -68,6 +78,11 @@ RULES: dict[str, tuple[str, str]] = {
         "Q/DQ on a GEMM's output, its bias Add or a residual Add/LayerNorm/Softmax "
         "breaks the GEMM+bias(+residual) fusion and leaves float layers with reformats",
         "[TRT-EQ], [TRT-3197], [TRT-1144], [MO-80]",
+    ),
+    "fp32-island": (
+        "in an FP16 graph, nothing between two INT8 GEMMs computes in FP32 except the ops a "
+        "keep_fp32 rule keeps there (and their Casts)",
+        "[TRT-ST], [TRT-3197]",
     ),
 }
 
@@ -136,8 +151,9 @@ def _finding(rule: str, node: Any, msg: str) -> Finding:
     return Finding(rule, node.name or node.op_type, msg, RULES[rule][1])
 
 
-def lint_qdq(path: Path) -> list[Finding]:
-    """Every violation of RULES in the ONNX model at ``path`` (an empty list = clean)."""
+def lint_qdq(path: Path, keep_fp32: tuple[str, ...] | list[str] = DEFAULT_KEEP) -> list[Finding]:
+    """Every violation of RULES in the ONNX model at ``path`` (an empty list = clean);
+    ``keep_fp32``: the precision rules whose ops an FP16 graph may keep in FP32."""
     import onnx
 
     model = onnx.load(str(path))
@@ -158,7 +174,81 @@ def lint_qdq(path: Path) -> list[Finding]:
         findings += _pair_rule(idx, n, weight)
         findings += _placement_rule(idx, n)
     findings += _gemm_inputs_rule(idx, model.graph.node)
+    findings += _island_rule(model, idx, keep_fp32)
     return findings
+
+
+def _int8_gemms(idx: _GraphIndex, nodes: Any) -> list:
+    return [
+        n
+        for n in nodes
+        if n.op_type in GEMM_OPS
+        and len(n.input) >= 2
+        and all(dequantized(i, idx.producer) for i in n.input[:2])
+    ]
+
+
+def _upstream(nodes: list, start: set[str]) -> set[str]:
+    """Names of the nodes whose outputs reach, directly or not, a tensor in ``start``."""
+    reached, needed = set(), set(start)
+    for n in reversed(nodes):
+        if set(n.output) & needed:
+            reached.add(n.name)
+            needed |= set(n.input)
+    return reached
+
+
+def _island_rule(model: Any, idx: _GraphIndex, keep: tuple[str, ...] | list[str]) -> list:
+    """[TRT-ST]: FP32 compute between INT8 GEMMs of a mixed FP16 graph, not kept by a rule."""
+    import onnx
+
+    types = tensor_types(model)
+    if onnx.TensorProto.FLOAT16 not in types.values():
+        return []  # an FP32 graph: the engine runs FP32 outside the INT8 GEMMs by design
+    nodes = list(model.graph.node)
+    gemms = _int8_gemms(idx, nodes)
+    between = downstream(nodes, {o for g in gemms for o in g.output}) & _upstream(
+        nodes, {i for g in gemms for i in g.input}
+    )
+    kept = {name for group in fp32_nodes(model.graph, keep).values() for name in group}
+    found = []
+    for n in nodes:
+        if n.name not in between or n.name in kept or n.op_type in _SHAPE_ONLY:
+            continue
+        if types.get(n.output[0]) != onnx.TensorProto.FLOAT:
+            continue
+        users = idx.consumers.get(n.output[0], [])
+        if n.op_type == "Cast" and users and all(u.name in kept for u in users):
+            continue  # the Cast into a kept op
+        found.append(
+            _finding(
+                "fp32-island",
+                n,
+                f"{n.op_type} computes in FP32 between INT8 GEMMs, kept by no rule: TensorRT "
+                "runs it FP32 with reformats around it",
+            )
+        )
+    return found
+
+
+def fp32_kept(path: Path, keep: tuple[str, ...] | list[str] = DEFAULT_KEEP) -> dict[str, list]:
+    """rule -> the nodes of the graph at ``path`` that run FP32 because of it (empty when
+    the graph has no FP16 tensor: then everything is FP32 and no rule is at work)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    types = tensor_types(model)
+    if onnx.TensorProto.FLOAT16 not in types.values():
+        return {}
+    out = {}
+    for rule, names in fp32_nodes(model.graph, keep).items():
+        wanted = set(names)
+        out[rule] = [
+            n.name
+            for n in model.graph.node
+            if n.name in wanted and types.get(n.output[0]) == onnx.TensorProto.FLOAT
+        ]
+    return out
 
 
 def _scale_rule(n: Any, scale: np.ndarray | None) -> list[Finding]:
@@ -228,7 +318,7 @@ def _gemm_inputs_rule(idx: _GraphIndex, nodes: Any) -> list[Finding]:
     for n in nodes:
         if n.op_type not in GEMM_OPS or len(n.input) < 2:
             continue
-        fed = [_dequantized(i, idx.producer) for i in n.input[:2]]
+        fed = [dequantized(i, idx.producer) for i in n.input[:2]]
         if any(fed) and not all(fed):
             which = "weight" if fed[0] else "activation"
             found.append(
@@ -256,7 +346,8 @@ def _effective_consumers(name: str, consumers: dict[str, list]) -> list:
     return out
 
 
-def _dequantized(name: str, producer: dict) -> bool:
+def dequantized(name: str, producer: dict) -> bool:
+    """``name`` is a DequantizeLinear output, directly or through layout ops."""
     for _ in range(4):
         node = producer.get(name)
         if node is None:

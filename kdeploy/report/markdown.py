@@ -141,13 +141,51 @@ def export_lines(e: dict[str, Any] | None) -> list[str]:
     return out
 
 
+# quantize metrics with a section of their own (strongly_typed_lines)
+_TYPED_KEYS = ("fp16", "fp16_check", "qdq_lint")
+
+
 def quantize_lines(q: dict[str, Any] | None) -> list[str]:
     if not q:
         return []
     out = ["", "## Quantization", ""]
     for role, m in q.items():
+        if role in _TYPED_KEYS:
+            continue
         desc = ", ".join(f"{k}={v}" for k, v in m.items() if not k.startswith("bytes"))
         out.append(f"- {role}: {desc}")
+    return out + strongly_typed_lines(q)
+
+
+def strongly_typed_lines(q: dict[str, Any]) -> list[str]:
+    """The FP16 (+ INT8) graph of a TensorRT target: the lint, the ops kept FP32 by rule,
+    the GEMM FLOPs by precision and the CPU check against the budget."""
+    lint, cast, check = q.get("qdq_lint"), q.get("fp16"), q.get("fp16_check")
+    if not (lint or cast or check):
+        return []
+    out = ["", "## TensorRT graph (strongly typed: the engine runs these types)", ""]
+    if lint:
+        out.append(f"- Q/DQ lint: {lint['summary']}")
+        for rule, nodes in (lint.get("fp32_kept") or {}).items():
+            shown = ", ".join(nodes[:4]) + (f" (+{len(nodes) - 4})" if len(nodes) > 4 else "")
+            out.append(f"- kept FP32 by rule `{rule}`: {len(nodes)} node(s): {shown or '-'}")
+    if cast:
+        share = cast["gemm_share"]
+        out.append(
+            f"- FP16 cast ({cast['tool']}): {cast['fp16_nodes']} of {cast['nodes']} nodes "
+            f"FP16, opset {cast['opset']}; GEMM FLOPs at batch {share['batch']} x "
+            f"{share['sequence']}: "
+            + ", ".join(f"{k.upper()} {v:.1%}" for k, v in share["share"].items())
+        )
+    if check:
+        out.append(
+            f"- CPU check ({check['runner']}): min cosine {check['min_cosine']:.5f} vs the "
+            f"source model on {check['texts']} texts (budget {check['budget_min_cosine']}); "
+            f"{check['metric']} {check['fp16_value']:.2f} vs {check['fp32_value']:.2f} for the "
+            f"FP32 graph on {check['split']} ({check['examples']} examples), retention "
+            f"{check['retention']:.4f} (budget {check['budget_min_retention']}): "
+            + ("passed" if check["passed"] else "FAILED")
+        )
     return out
 
 

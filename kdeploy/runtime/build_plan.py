@@ -22,19 +22,17 @@ from kdeploy.runtime.graph import TensorSpec, onnx_inputs
 
 __all__ = ["BuildPlan", "BuildSettings", "AxisRange", "make_plan", "onnx_inputs", "TensorSpec"]
 
-# target.precision -> TensorRT BuilderFlag names (weakly typed network, TensorRT 10.x).
-# INT8 comes from explicit Q/DQ nodes written by the quantize stage (no calibrator is ever
-# set); FP16 lets the layers between Q/DQ pairs run in half precision instead of FP32.
-PRECISION_FLAGS: dict[str, tuple[str, ...]] = {
-    "fp32": (),
-    "fp16": ("FP16",),
-    "int8": ("INT8", "FP16"),
-    "fp8": ("FP8", "FP16"),
-}
+# Networks are strongly typed (TensorRT 10.12+ and 11.x, the only mode TensorRT 11 has):
+# every tensor runs in the type the ONNX graph gives it. The precision is written into the
+# graph by the quantize stage (INT8 Q/DQ on the GEMMs, FP16 initializers and Casts around
+# the ops kept in FP32); no precision BuilderFlag (FP16/INT8/BF16, removed in TensorRT 11)
+# is ever set and no calibrator either. What the flags may still ask for:
+BUILDER_FLAGS = ("SPARSE_WEIGHTS", "GPU_FALLBACK")
 
 # every kind of Setting a BuildPlan can hold; each consumer renders each kind
 SETTING_KINDS = (
-    "flag",  # BuilderFlag name
+    "typing",  # "strong": a strongly typed network (NetworkDefinitionCreationFlag)
+    "flag",  # BuilderFlag name (one of BUILDER_FLAGS)
     "workspace_mb",  # MemoryPoolType.WORKSPACE limit
     "optimization_level",  # builder_optimization_level
     "profiling_verbosity",  # ProfilingVerbosity name (DETAILED: the inspector's layer JSON)
@@ -107,9 +105,11 @@ class BuildPlan:
     layer_info: str
     sparse_requested: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+    network_typing: str = "strong"
 
     def settings(self) -> list[Setting]:
-        out = [Setting("flag", f) for f in self.flags]
+        out = [Setting("typing", self.network_typing)]
+        out += [Setting("flag", f) for f in self.flags]
         out.append(Setting("workspace_mb", self.workspace_mb))
         out.append(Setting("optimization_level", self.optimization_level))
         out.append(Setting("profiling_verbosity", "DETAILED"))
@@ -191,8 +191,8 @@ def make_plan(
 ) -> BuildPlan:
     """The build these settings ask for, for an ONNX model with these inputs."""
     dev = caps(t.device)
-    flags = list(PRECISION_FLAGS[t.precision])
-    notes = []
+    flags = []
+    notes = ["strongly typed: each tensor runs in the type the ONNX graph gives it"]
     if t.sparse:
         flags.append("SPARSE_WEIGHTS")
     if t.dla_core is not None and t.gpu_fallback:
@@ -220,9 +220,6 @@ def make_plan(
 # ------------------------------------------------------------------------- trtexec
 
 _TRTEXEC_FLAG = {
-    "FP16": "--fp16",
-    "INT8": "--int8",
-    "FP8": "--fp8",
     "SPARSE_WEIGHTS": "--sparsity=enable",
     "GPU_FALLBACK": "--allowGPUFallback",
 }
@@ -236,6 +233,9 @@ def _trtexec_shape(plan: BuildPlan, s: ShapeRange) -> list[str]:
 
 
 TRTEXEC_RENDER = {
+    # trtexec 10.12+: --stronglyTyped; 11.x accepts it as a no-op (strong typing is the
+    # only mode). --fp16/--int8/--best are gone from 11.x and never written.
+    "typing": lambda plan, v: ["--stronglyTyped"],
     "flag": lambda plan, v: [_TRTEXEC_FLAG[v]],
     # TensorRT 10 trtexec: pool sizes are MiB when no unit suffix is given
     "workspace_mb": lambda plan, v: [f"--memPoolSize=workspace:{v}"],
@@ -248,7 +248,8 @@ TRTEXEC_RENDER = {
 
 
 def trtexec_argv(plan: BuildPlan) -> list[str]:
-    """The same build as a trtexec (TensorRT 10.x) command, run from the run directory."""
+    """The same build as a trtexec (TensorRT 10.12+ or 11.x) command, run from the run
+    directory."""
     argv = ["trtexec", f"--onnx={plan.onnx}", f"--saveEngine={plan.engine}"]
     for s in plan.settings():
         argv += TRTEXEC_RENDER[s.kind](plan, s.value)
@@ -263,15 +264,18 @@ def trtexec_command(plan: BuildPlan) -> str:
 # ------------------------------------------------------------------------- ONNX Runtime
 
 _ORT_FLAG = {
-    "FP16": "trt_fp16_enable",
-    "INT8": "trt_int8_enable",
     "SPARSE_WEIGHTS": "trt_sparsity_enable",
 }
 
 
+def _ort_typing(plan: BuildPlan, v: str) -> dict[str, str]:
+    """ONNX Runtime's TensorRT EP creates a strongly typed network exactly when neither of
+    its weak-typing precision options is on (microsoft/onnxruntime#24298): both are
+    written off explicitly, so an EP default can never turn weak typing back on."""
+    return {"trt_fp16_enable": "0", "trt_int8_enable": "0"}
+
+
 def _ort_flag(plan: BuildPlan, v: str) -> dict[str, str]:
-    if v == "FP8":
-        raise ModelError("ONNX Runtime's TensorRT EP has no FP8 option; build with kdeploy build")
     if v == "GPU_FALLBACK":
         return {}  # the TensorRT EP always falls back (to the next execution provider)
     return {_ORT_FLAG[v]: "1"}
@@ -284,6 +288,7 @@ def _ort_shape(plan: BuildPlan, s: ShapeRange) -> dict[str, str]:
 
 
 ORT_TRT_RENDER = {
+    "typing": _ort_typing,
     "flag": _ort_flag,
     "workspace_mb": lambda plan, v: {"trt_max_workspace_size": str(v * 1024 * 1024)},
     "optimization_level": lambda plan, v: {"trt_builder_optimization_level": str(v)},

@@ -36,7 +36,9 @@ class RunnerSettings:
     """Where ONNX models run: execution providers in priority order (``cpu``, ``cuda``,
     ``tensorrt``) and, for the TensorRT EP, the target's build settings (the same
     ``BuildSettings`` as ``kdeploy build``); for OpenVINO models (``.xml``), how OpenVINO
-    compiles them. The config layer makes one from a profile."""
+    compiles them. The config layer makes one from a profile. ``("reference",)`` alone:
+    ONNX's reference evaluator on CPU, every op in the graph's own types
+    (``kdeploy.runtime.reference``; the check of FP16 graphs for TensorRT)."""
 
     providers: tuple[str, ...] = ("cpu",)
     build: BuildSettings | None = None
@@ -244,6 +246,10 @@ def open_model_file(
             where=str(path),
             fix=f"kdeploy loads {', '.join(MODEL_FILE_SUFFIXES)} files",
         )
+    if settings is not None and settings.providers == ("reference",):
+        from kdeploy.runtime.reference import ReferenceRunner
+
+        return ReferenceRunner(path, outputs=outputs, name=name)
     if settings is None or settings.cpu_only:
         return OrtRunner(path, threads=threads, outputs=outputs, name=name)
     providers, options = ort_provider_config(settings, path)

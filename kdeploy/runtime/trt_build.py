@@ -1,4 +1,4 @@
-"""Build a TensorRT engine from a BuildPlan with the TensorRT 10.x Python API.
+"""Build a TensorRT engine from a BuildPlan with the TensorRT Python API (10.12+ or 11.x).
 
 Device side: needs ``kdeploy[trt]`` (tensorrt) and a CUDA GPU, never torch. ``tensorrt``
 is imported inside the functions, so this module imports anywhere. The builder settings are
@@ -28,21 +28,32 @@ from kdeploy.runtime.build_plan import (
 )
 from kdeploy.runtime.layer_report import sparsity_from_log
 
-SUPPORTED_MAJOR = 10
+# Strongly typed networks, the precision written in the ONNX graph: TensorRT 10.12 is the
+# first release where weak typing is deprecated and strong typing is complete for Q/DQ +
+# FP16 graphs; TensorRT 11 has no other mode. Same code path for both.
+MIN_VERSION = (10, 12)
+MAX_MAJOR = 11
+
+
+def _version_tuple(version: str) -> tuple[int, int] | None:
+    parts = version.split(".")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        return None
 
 
 def check_trt_version(version: str) -> None:
-    """kdeploy drives TensorRT 10.x; TensorRT 11 builds strongly typed networks only (no
-    FP16/INT8 builder flags), which would silently change what a profile means."""
-    try:
-        major = int(version.split(".")[0])
-    except ValueError:
-        major = -1
-    if major != SUPPORTED_MAJOR:
+    """kdeploy builds strongly typed networks with TensorRT 10.12+ or 11.x; an older
+    TensorRT would need the weak-typing builder flags kdeploy no longer sets, a newer
+    major release is untested."""
+    v = _version_tuple(version)
+    if v is None or v < MIN_VERSION or v[0] > MAX_MAJOR:
         raise DependencyError(
-            f"TensorRT {version} is installed; kdeploy builds engines with TensorRT "
-            f"{SUPPORTED_MAJOR}.x (weakly typed networks with FP16/INT8 builder flags)",
-            fix="pip install 'tensorrt>=10,<11' (the kdeploy[trt] extra pins it)",
+            f"TensorRT {version} is installed; kdeploy builds strongly typed engines with "
+            f"TensorRT {MIN_VERSION[0]}.{MIN_VERSION[1]} to {MAX_MAJOR}.x (the precision is "
+            "in the ONNX graph, no FP16/INT8 builder flags)",
+            fix="pip install 'tensorrt>=10.12,<12' (the kdeploy[trt] extra pins it)",
         )
 
 
@@ -59,8 +70,19 @@ class _State:
     out_dir: Path
     seed_cache: Path | None
     log: Callable[[str], None]
+    network: Any = None
     cache_loaded_from: str | None = None
     notes: list[str] = field(default_factory=list)
+
+
+def _typing(trt, builder, config, profile, value: str, st: _State) -> None:
+    """The network was created strongly typed (``_parse_onnx``); say so if it is not."""
+    network = st.network
+    if value != "strong" or not network.get_flag(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED):
+        raise StageError(
+            f"the network is not strongly typed (plan asks for {value!r})",
+            fix="kdeploy builds strongly typed networks only; rebuild the plan",
+        )
 
 
 def _flag(trt, builder, config, profile, value: str, st: _State) -> None:
@@ -106,6 +128,7 @@ def _timing_cache(trt, builder, config, profile, value: str, st: _State) -> None
 
 
 TRT_APPLY: dict[str, Callable[..., None]] = {
+    "typing": _typing,
     "flag": _flag,
     "workspace_mb": _workspace,
     "optimization_level": _opt_level,
@@ -150,9 +173,10 @@ def build_engine(
     builder = _create_builder(trt, logger)
     # the parser owns the network's weights: it must live until the build is done
     network, parser = _parse_onnx(trt, builder, logger, onnx_path)
-    st = _State(out_dir=out_dir, seed_cache=shared_cache, log=log)
+    st = _State(out_dir=out_dir, seed_cache=shared_cache, log=log, network=network)
     config = _configure(trt, builder, plan, st)
-    log(f"building a TensorRT {trt.__version__} engine ({', '.join(plan.flags) or 'FP32'})")
+    flags = "".join(f", {f}" for f in plan.flags)
+    log(f"building a strongly typed TensorRT {trt.__version__} engine ({plan.precision}{flags})")
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - t0
@@ -192,7 +216,9 @@ def _create_builder(trt, logger):
 
 def _parse_onnx(trt, builder, logger, onnx_path: Path) -> tuple[Any, Any]:
     """(network, parser) of the ONNX model; the caller keeps the parser alive."""
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    # strongly typed: each tensor in the type the ONNX graph gives it (10.12+; 11.x's only
+    # mode, where the flag is still accepted). Explicit batch is implied since 10.0.
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [parser.get_error(i).desc() for i in range(parser.num_errors)]

@@ -103,7 +103,8 @@ class Build(Stage):
         atomic_write_json(out / "layer_report.json", {"summary": summary, "layers": layers})
         atomic_write_text(
             out / "trtexec.sh",
-            "#!/bin/sh\n# The same build with trtexec (TensorRT 10.x), run from the run "
+            "#!/bin/sh\n# The same build with trtexec (TensorRT 10.12+ or 11.x, strongly typed), "
+            "run from the run "
             f"directory.\n{command}\n",
         )
         metrics = {

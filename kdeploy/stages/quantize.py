@@ -17,6 +17,14 @@ be exactly 2:4.
 For embedding models, ``student_hidden/model.onnx`` is the INT8 student cut at its token
 outputs (``last_hidden_state``, no pooling): the very quantized nodes verify measures, for
 sentence-transformers' ONNX backend (the package stage copies it).
+
+TensorRT targets build strongly typed engines (TensorRT 10.12+ / 11.x): the precision is the
+graph's. With ``quantize.high_precision: fp16`` (the default) or ``method: fp16`` the stage
+casts the graph to FP16 (modelopt AutoCast) except the ``quantize.keep_fp32`` ops
+(``kdeploy.onnxtools.precision``), keeps the FP32 graph in ``student_fp32/``, lints the
+result with the strongly typed rules and runs it on CPU with ONNX's reference evaluator
+against the torch model and on the dev split (``kdeploy.evaluation.cast_check``): a graph
+that loses more than ``quantize.cast_budget`` fails the stage.
 """
 
 from __future__ import annotations
@@ -25,10 +33,13 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from kdeploy.config.methods import DynamicQuant, PtqQuant, QatQuant, StaticQuant
+import numpy as np
+
+from kdeploy.config.methods import DynamicQuant, Fp16Graph, PtqQuant, QatQuant, StaticQuant
 from kdeploy.core.errors import ExportError
-from kdeploy.data import calibration_texts, load_task_data
+from kdeploy.data import calibration_texts, labelled_dev, load_task_data
 from kdeploy.model_info import sparse_layers
+from kdeploy.runtime.card import ModelCard
 from kdeploy.stages.base import Stage, StageInputs, StageResult, maybe, need
 
 
@@ -99,13 +110,31 @@ class Quantize(Stage):
             return []
         return calibration_texts(inputs["dataset"], q.calibration_texts, self.profile.distill.seed)
 
+    def casts_to_fp16(self) -> bool:
+        """Is the graph written in FP16 for a strongly typed TensorRT engine?"""
+        q, t = self.profile.quantize, self.profile.target
+        if t.runtime != "trt":
+            return False
+        return q.method == "fp16" or (q.format == "qdq" and q.high_precision == "fp16")
+
     def run(self, inputs: StageInputs, out_dir: Path) -> StageResult:
         cfg = self.profile.quantize
         out = out_dir / "student"
         method = cfg.method_config()
+        # (texts, outputs) of the model the graph was made from, set by the handler
+        self.reference: tuple[list[str], np.ndarray] | None = None
         student = QUANTIZERS[type(method)](self, method, inputs, out)
         metrics: dict = {"student": student}
-        if cfg.format == "qdq":
+        outputs = {"student_int8": out}
+        if self.embedding_run:  # cut from the FP32 graph: ONNX Runtime runs it on CPU
+            hidden = out_dir / "student_hidden"
+            texts = load_task_data(inputs["dataset"]).bench_split().texts_a
+            texts = texts[: self.profile.export.validation_texts]
+            metrics["student_hidden"] = self.hidden_state_graph(out, hidden, texts)
+            outputs["student_hidden_int8"] = hidden
+        if self.casts_to_fp16():
+            metrics["fp16"] = self.cast_fp16(out, out_dir / "student_fp32")
+        if cfg.format == "qdq" or self.casts_to_fp16():
             metrics["qdq_lint"] = self.lint(out / "model.onnx")
         if inputs.source("student_onnx") == "sparse_onnx":
             from kdeploy.onnxtools.checks import check_sparsity_kept
@@ -113,14 +142,9 @@ class Quantize(Stage):
             metrics["sparsity"] = check_sparsity_kept(
                 inputs["student_onnx"] / "model.onnx", out / "model.onnx"
             )
-        outputs = {"student_int8": out}
-        self.log(f"student INT8 ({cfg.method}): {student['bytes_after'] / 1e6:.1f} MB")
-        if self.embedding_run:
-            hidden = out_dir / "student_hidden"
-            texts = load_task_data(inputs["dataset"]).bench_split().texts_a
-            texts = texts[: self.profile.export.validation_texts]
-            metrics["student_hidden"] = self.hidden_state_graph(out, hidden, texts)
-            outputs["student_hidden_int8"] = hidden
+        if self.casts_to_fp16():
+            metrics["fp16_check"] = self.check_fp16(inputs, out, out_dir / "student_fp32")
+        self.log(f"student {cfg.method}: {student['bytes_after'] / 1e6:.1f} MB")
         if self.makes_openvino:
             metrics["openvino"] = self.openvino_model(inputs, out, out_dir / "openvino")
             outputs["student_openvino"] = out_dir / "openvino"
@@ -160,11 +184,87 @@ class Quantize(Stage):
         )
         return record.to_json()
 
-    def lint(self, onnx_path: Path) -> dict:
-        """TensorRT's explicit-quantization rules: fatal for TensorRT targets."""
-        from kdeploy.onnxtools.qdq_lint import RULES, findings_json, lint_qdq, summary
+    def cast_fp16(self, out: Path, fp32_dir: Path) -> dict:
+        """The graph in ``out`` rewritten FP16 but for the keep_fp32 ops; the FP32 one is
+        kept, as a model dir, in ``fp32_dir``."""
+        from kdeploy.evaluation.cast_check import gemm_share
+        from kdeploy.onnxtools.precision import cast_fp16
 
-        findings = lint_qdq(onnx_path)
+        if fp32_dir.exists():
+            shutil.rmtree(fp32_dir)
+        shutil.copytree(out, fp32_dir)
+        card = ModelCard.load(out)
+        keep = self.profile.quantize.keep_fp32
+        result = cast_fp16(fp32_dir / card.model_file, out / card.model_file, keep)
+        card.extra = {**card.extra, "graph_precision": "fp16", "keep_fp32": list(keep)}
+        card.save(out)
+        kept = sum(len(v) for v in result.fp32_nodes.values())
+        self.log(
+            f"FP16 graph (modelopt AutoCast): {result.fp16_nodes} of {result.nodes} nodes FP16, "
+            f"{kept} kept FP32 by rule ({', '.join(keep) or 'none'}), "
+            f"{result.casts} Casts, opset {result.opset}"
+        )
+        share = gemm_share(out / card.model_file)
+        self.log(
+            "GEMM FLOPs at batch 1 x 128 tokens: "
+            + ", ".join(f"{k.upper()} {v:.1%}" for k, v in share.share.items())
+        )
+        return {**result.to_json(), "gemm_share": share.to_json()}
+
+    def check_fp16(self, inputs: StageInputs, out: Path, fp32_dir: Path) -> dict:
+        """The FP16 graph on CPU (reference evaluator) vs its source model on real texts and
+        vs the FP32 graph on the dev split; fails the stage past quantize.cast_budget."""
+        from kdeploy.evaluation.cast_check import check_cast
+        from kdeploy.evaluation.verify import eval_plan
+
+        p = self.profile
+        if self.reference is None:  # ONNX Runtime's static Q/DQ: the FP32 graph is the source
+            from kdeploy.runtime.model import open_model
+
+            texts = load_task_data(inputs["dataset"]).bench_split().texts_a
+            texts = texts[: p.export.validation_texts]
+            with open_model(fp32_dir) as m:
+                self.reference = (texts, m.outputs(texts))
+        texts, ref = self.reference
+        # the dev split (the issue's and QAT's selection split); verify's split without one
+        split = labelled_dev(inputs["dataset"]) or load_task_data(
+            inputs["dataset"], need_train=False
+        ).eval_split(p.verify.eval_split)
+        n, batch_size = eval_plan(p.verify, split)
+        budget = p.quantize.cast_budget
+        check = check_cast(
+            out,
+            fp32_dir,
+            texts,
+            ref,
+            split,
+            limit=n,
+            batch_size=batch_size,
+            min_cosine=budget.min_cosine,
+            min_retention=budget.min_retention,
+            threads=p.target.threads,
+        )
+        self.log(
+            f"FP16 graph on CPU (ONNX reference evaluator): min cosine {check.min_cosine:.5f} "
+            f"vs the torch model on {check.texts} texts; {check.metric} {check.fp16_value:.2f} "
+            f"vs {check.fp32_value:.2f} (FP32 graph) on {check.split}, retention "
+            f"{check.retention:.4f}"
+        )
+        return check.to_json()
+
+    def lint(self, onnx_path: Path) -> dict:
+        """TensorRT's explicit-quantization rules, and for FP16 graphs the strongly typed
+        ones (no FP32 islands between INT8 GEMMs): fatal for TensorRT targets."""
+        from kdeploy.onnxtools.qdq_lint import (
+            RULES,
+            findings_json,
+            fp32_kept,
+            lint_qdq,
+            summary,
+        )
+
+        keep = self.profile.quantize.keep_fp32
+        findings = lint_qdq(onnx_path, keep_fp32=keep)
         self.log(f"Q/DQ lint (TensorRT rules): {summary(findings)}")
         if findings and self.profile.target.runtime == "trt":
             broken = {f.rule for f in findings}
@@ -177,7 +277,14 @@ class Quantize(Stage):
                 "or for static set quantize.op_types: [MatMul]; rules: "
                 + "; ".join(f"{k}: {v[0]}" for k, v in RULES.items() if k in broken),
             )
-        return {"findings": findings_json(findings), "summary": summary(findings)}
+        kept = fp32_kept(onnx_path, keep)
+        if kept:
+            self.log(f"kept FP32 by rule: {', '.join(f'{k}: {len(v)}' for k, v in kept.items())}")
+        return {
+            "findings": findings_json(findings),
+            "summary": summary(findings),
+            "fp32_kept": kept,
+        }
 
     # ------------------------------------------------------------------ the handlers
 
@@ -233,23 +340,44 @@ class Quantize(Stage):
                 label="QAT",
             )
         val_texts = load_task_data(inputs["dataset"]).bench_split().texts_a
-        check = export_qdq(
+        val_texts = val_texts[: p.export.validation_texts]
+        check, reference = export_qdq(
             student,
             s_info,
             src,
             out,
             opset=p.export.opset,
             quantized=placed["quantized"],
-            texts=val_texts[: p.export.validation_texts],
+            texts=val_texts,
             atol=p.export.qdq_atol,
             min_cosine=p.export.qdq_min_cosine,
         )
+        self.reference = (val_texts, reference)
         remove_leftovers(out.parent)
         self.log(
             f"Q/DQ export vs fake-quantized torch: max |diff| {check['max_abs_diff']:.2e}, "
             f"min cosine {check['min_cosine']:.5f}"
         )
         return modelopt_record(method, len(texts), placed, record, check, inputs, out)
+
+    def fp16_graph(self, method: Fp16Graph, inputs: StageInputs, out: Path) -> dict:
+        """No INT8: the exported FP32 student, cast to FP16 afterwards (``cast_fp16``) and
+        checked against the torch student it was exported from."""
+        from kdeploy.train.export import torch_outputs
+
+        src = inputs["student_onnx"]
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(src, out)
+        card = ModelCard.load(out)
+        card.precision = "fp16"
+        card.save(out)
+        texts = load_task_data(inputs["dataset"]).bench_split().texts_a
+        texts = texts[: self.profile.export.validation_texts]
+        info = self.inspect(inputs["student_model"])
+        self.reference = (texts, torch_outputs(info, texts, self.options.allow_pickle))
+        size = (out / card.model_file).stat().st_size
+        return {"method": "fp16", "tool": "modelopt", "bytes_before": size, "bytes_after": size}
 
 
 def modelopt_record(
@@ -285,4 +413,5 @@ QUANTIZERS: dict[type, Callable[[Quantize, object, StageInputs, Path], dict]] = 
     StaticQuant: Quantize.onnx_runtime_ptq,
     PtqQuant: Quantize.modelopt_int8,
     QatQuant: Quantize.modelopt_int8,
+    Fp16Graph: Quantize.fp16_graph,
 }

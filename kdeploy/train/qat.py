@@ -25,6 +25,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kdeploy.config.methods import PtqQuant, QatQuant
@@ -88,9 +89,11 @@ def export_qdq(
     texts: list[str],
     atol: float,
     min_cosine: float,
-) -> dict:
+) -> tuple[dict, np.ndarray]:
     """The fake-quantized model as a Q/DQ ONNX graph in ``out``: structurally checked (every
-    quantized Linear is a Q/DQ GEMM) and compared with the torch model on real ``texts``."""
+    quantized Linear is a Q/DQ GEMM) and compared with the torch model on real ``texts``.
+    Returns the comparison and the torch model's outputs on ``texts`` (what the FP16 graph
+    is checked against later)."""
     from kdeploy.onnxtools.checks import expect_int8
     from kdeploy.train.export import (
         check_onnx,
@@ -108,11 +111,6 @@ def export_qdq(
     export_loaded(model, info, out, opset=opset, role="student", precision="int8")
     check_onnx(out / "model.onnx")
     expect_int8(out / "model.onnx", quantized)
-    return validate_export(
-        info,
-        out,
-        texts,
-        atol=atol,
-        min_cosine=min_cosine,
-        reference=torch_outputs(info, texts, model=model),
-    )
+    reference = torch_outputs(info, texts, model=model)
+    check = validate_export(info, out, texts, atol=atol, min_cosine=min_cosine, reference=reference)
+    return check, reference

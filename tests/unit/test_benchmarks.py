@@ -272,3 +272,20 @@ def test_smoke_ddp_scaling(tiny_bert, stsb_small, tmp_path):
     assert len(rows) == 2
     # the same global batch: the same texts and optimizer steps on 1 process and on 2
     assert rows[0].split(" | ")[5:7] == rows[1].split(" | ")[5:7]
+
+
+def test_smoke_strongly_typed(tiny_run, stsb_small, tmp_path):
+    """The FP32 student cast with each rule set and run by the reference evaluator; the
+    API-name table covers every supported TensorRT tag with nothing missing."""
+    out = tmp_path / "R.md"
+    argv = ["--model-dir", str(tiny_run / "export" / "student"), "--data", str(stsb_small)]
+    argv += ["--split", "test", "--examples", "16", "--batch-size", "8"]
+    bench_module("strongly_typed").main([*argv, "--write", "--results", str(out)])
+    body = written(out, "strongly_typed", "strongly_typed")
+    assert "| FP32 (ONNX Runtime) |" in body  # the exported student: no Q/DQ
+    assert "| FP16 graph, shipped rules (layernorm, softmax, head) |" in body
+    assert "| ... nothing kept FP32 |" in body
+    share = re.search(r"\n\| (\d+\.\d)% \| (\d+\.\d)% \| (\d+\.\d)% \|", body)
+    assert share and float(share[2]) == 100.0  # no Q/DQ in this graph: every GEMM FP16
+    for tag in ("v10.12.0", "v10.16", "v11.0", "v11.1"):
+        assert re.search(rf"\| {re.escape(tag)} \| \d+ \| none \|", body), tag

@@ -16,10 +16,12 @@ from kdeploy.config import load_profile
 from kdeploy.config.settings import build_settings
 from kdeploy.core.errors import ModelError
 from kdeploy.runtime.build_plan import (
+    BUILDER_FLAGS,
     ORT_TRT_RENDER,
     SETTING_KINDS,
     TRTEXEC_RENDER,
     BuildPlan,
+    Setting,
     TensorSpec,
     make_plan,
     onnx_inputs,
@@ -64,7 +66,9 @@ def write_onnx(path: Path, dims: list) -> Path:
 
 def test_a100_plan():
     plan = plan_for("a100-int8")
-    assert plan.flags == ("INT8", "FP16", "SPARSE_WEIGHTS")  # the profile asks for 2:4
+    # strongly typed: no precision flag, only 2:4 (the profile asks for it)
+    assert plan.flags == ("SPARSE_WEIGHTS",) and plan.network_typing == "strong"
+    assert plan.settings()[0] == Setting("typing", "strong")
     assert plan.compute_capability == "SM 8.0" and plan.workspace_mb == 4096
     assert [s.name for s in plan.shapes] == ["input_ids", "attention_mask", "token_type_ids"]
     s = plan.shapes[0]
@@ -74,21 +78,21 @@ def test_a100_plan():
     assert plan.engine == "build/student/model.plan"
 
 
-def test_sparsity_dla_and_precision_flags():
-    assert plan_for("h100-int8", ["sparsify.enabled=true"]).flags == (
-        "INT8",
-        "FP16",
-        "SPARSE_WEIGHTS",
-    )
+def test_sparsity_dla_and_no_precision_flags():
+    """TensorRT 11 removed the weak-typing flags (FP16, INT8, BF16): no plan sets one,
+    whatever its precision; the precision is in the graph."""
+    assert plan_for("h100-int8", ["sparsify.enabled=true"]).flags == ("SPARSE_WEIGHTS",)
     orin = plan_for("orin-int8", ["target.dla_core=1", "sparsify.enabled=false"])
-    assert orin.flags == ("INT8", "FP16", "GPU_FALLBACK") and orin.dla_core == 1
+    assert orin.flags == ("GPU_FALLBACK",) and orin.dla_core == 1
     assert orin.workspace_mb == 1024
     assert (
         "GPU_FALLBACK"
         not in plan_for("orin-int8", ["target.dla_core=0", "target.gpu_fallback=false"]).flags
     )
-    fp16 = plan_for("t4-int8", ["target.precision=fp16", "quantize.enabled=false"])
-    assert fp16.flags == ("FP16",)
+    fp16 = plan_for("t4-int8", ["target.precision=fp16", "quantize.method=fp16"])
+    assert fp16.flags == () and fp16.precision == "fp16"
+    for plan in (fp16, orin, plan_for("a100-int8")):
+        assert set(plan.flags) <= set(BUILDER_FLAGS)
 
 
 def test_trtexec_command_for_a100():
@@ -97,8 +101,7 @@ def test_trtexec_command_for_a100():
         "trtexec",
         "--onnx=quantize/student/model.onnx",
         "--saveEngine=build/student/model.plan",
-        "--int8",
-        "--fp16",
+        "--stronglyTyped",
         "--sparsity=enable",
         "--memPoolSize=workspace:4096",
         "--builderOptimizationLevel=4",
@@ -111,6 +114,9 @@ def test_trtexec_command_for_a100():
         "--skipInference",
     ]
     assert shlex.split(trtexec_command(plan)) == trtexec_argv(plan)
+    # the flags TensorRT 11's trtexec removed are never written, whatever the precision
+    for p in (plan, plan_for("t4-int8", ["target.precision=fp16", "quantize.method=fp16"])):
+        assert not {"--fp16", "--int8", "--best", "--bf16"} & set(trtexec_argv(p))
 
 
 def test_orin_dla_and_sparsity_on_the_command_line():
@@ -153,7 +159,9 @@ def test_ort_trt_ep_options_match_the_trtexec_shapes(tmp_path):
     for which in ("min", "opt", "max"):
         assert opts[f"trt_profile_{which}_shapes"] == shape_spec(plan.shapes, which)
         assert f"--{which}Shapes={opts[f'trt_profile_{which}_shapes']}" in argv
-    assert opts["trt_int8_enable"] == opts["trt_fp16_enable"] == opts["trt_sparsity_enable"] == "1"
+    # both weak-typing options off: the EP then builds a strongly typed network
+    assert opts["trt_int8_enable"] == opts["trt_fp16_enable"] == "0"
+    assert opts["trt_sparsity_enable"] == "1"
     assert opts["trt_max_workspace_size"] == str(1024 * 1024 * 1024)
     assert opts["trt_dla_enable"] == "1" and opts["trt_dla_core"] == "0"
     assert opts["trt_engine_cache_enable"] == "1"

@@ -52,6 +52,21 @@ def test_fitting_target_has_no_problems():
         ),
         ("a100-int8", ["quantize.activation_type=uint8"], "activation_type: int8"),
         ("orin-int8", ["verify.batch_size=64"], "exceeds export.shapes.batch.max=32"),
+        # strongly typed engines run the graph's types: an FP16 engine needs an FP16 graph
+        (
+            "t4-int8",
+            ["target.precision=fp16", "quantize.enabled=false"],
+            "needs an FP16 graph .* quantize.method: fp16",
+        ),
+        ("cpu-int8", ["quantize.method=fp16"], "quantize.method fp16 writes no INT8"),
+        ("a100-int8", ["quantize.method=fp16"], "method: qat, ptq or static"),
+        (
+            "cpu-int8",
+            ["target.precision=fp16", "quantize.method=fp16"],
+            "quantize.enabled is true but target.precision is fp16",
+        ),
+        ("a100-int8", ["quantize.keep_fp32=[gelu]"], "keep_fp32"),
+        ("a100-int8", ["quantize.cast_budget.min_cosine=0"], "min_cosine"),
     ],
 )
 def test_profile_rejects_what_the_device_lacks(profile, overrides, message):

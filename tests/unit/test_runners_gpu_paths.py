@@ -30,7 +30,7 @@ def test_provider_config_for_tensorrt_and_cuda(tiny_onnx, monkeypatch, tmp_path)
     assert trt["trt_profile_min_shapes"] == "input_ids:1x1,attention_mask:1x1"
     assert trt["trt_profile_opt_shapes"] == "input_ids:32x128,attention_mask:32x128"
     assert trt["trt_profile_max_shapes"] == "input_ids:128x256,attention_mask:128x256"
-    assert trt["trt_int8_enable"] == trt["trt_fp16_enable"] == "1"
+    assert trt["trt_int8_enable"] == trt["trt_fp16_enable"] == "0"  # strongly typed
     assert trt["trt_engine_cache_path"] == str(tmp_path / "cache" / "ort-trt" / "engines")
     assert cuda == {"device_id": "0"}
 
@@ -88,11 +88,25 @@ def test_engine_files_get_the_tensorrt_runner(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "version, ok", [("10.0.1", True), ("10.16.0.72", True), ("11.4.0.106", False), ("8.6.1", False)]
+    "version, ok",
+    [
+        ("10.12.0.36", True),  # weak typing deprecated, strong typing complete: the floor
+        ("10.16.0.72", True),
+        ("11.0.0.114", True),
+        ("11.4.0.106", True),
+        ("10.11.0.33", False),  # before 10.12
+        ("10.0.1", False),
+        ("12.0.0", False),  # an untested major release
+        ("8.6.1", False),
+        ("unknown", False),
+    ],
 )
-def test_tensorrt_major_version(version, ok):
+def test_tensorrt_version_range(version, ok):
+    """Strongly typed builds run on TensorRT 10.12+ and 11.x with one code path; anything
+    else is refused with what to install."""
     if ok:
         check_trt_version(version)
     else:
-        with pytest.raises(DependencyError, match=f"TensorRT {version} is installed"):
+        with pytest.raises(DependencyError, match=f"TensorRT {version} is installed") as err:
             check_trt_version(version)
+        assert "tensorrt>=10.12,<12" in err.value.fix

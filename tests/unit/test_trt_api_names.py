@@ -23,7 +23,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = ROOT / "tests" / "data" / "tensorrt_api"
-SUPPORTED = ("v10.0.0", "v10.16")  # kdeploy[trt] pins tensorrt>=10,<11
+# kdeploy[trt] pins tensorrt>=10.12,<12 (strongly typed networks): the oldest and newest
+# 10.x tags and every 11.x tag read out of NVIDIA/TensorRT
+SUPPORTED = ("v10.12.0", "v10.16", "v11.0", "v11.1")
 MODULES = (
     "kdeploy/runtime/trt_build.py",
     "kdeploy/runtime/trt_runner.py",
@@ -196,15 +198,31 @@ def test_chained_calls_and_enum_members_are_checked():
 @pytest.mark.parametrize("tag", SUPPORTED)
 def test_flags_and_verbosity_the_plan_can_emit_exist(tag):
     """Enum members reached through getattr(trt.BuilderFlag, name) and friends."""
-    from kdeploy.runtime.build_plan import _TRTEXEC_FLAG, PRECISION_FLAGS
+    from kdeploy.runtime.build_plan import _TRTEXEC_FLAG, BUILDER_FLAGS
 
     api = Api.load(tag)
-    emitted = {f for flags in PRECISION_FLAGS.values() for f in flags} | set(_TRTEXEC_FLAG)
+    emitted = set(BUILDER_FLAGS) | set(_TRTEXEC_FLAG)
     assert emitted <= set(api.classes["BuilderFlag"]["members"])
     assert "DETAILED" in api.classes["ProfilingVerbosity"]["members"]
     assert "DLA" in api.classes["DeviceType"]["members"]
-    # TensorRT 11 removed the weak-typing flags: the table knows it
-    assert not {"FP16", "INT8"} & set(Api.load("v11.0").classes["BuilderFlag"]["members"])
+    assert "STRONGLY_TYPED" in api.classes["NetworkDefinitionCreationFlag"]["members"]
+    # TensorRT 11 removed the weak-typing flags: the table knows it, and so did 10.12 not
+    removed = {"FP16", "INT8", "BF16"}
+    assert not removed & set(Api.load("v11.1").classes["BuilderFlag"]["members"])
+    assert removed <= set(Api.load("v10.12.0").classes["BuilderFlag"]["members"])
+
+
+def test_strong_typing_is_checked_in_every_supported_version():
+    """The build creates its network with STRONGLY_TYPED and reads the flag back; both
+    names are seen by the checker (so a TensorRT that dropped them would fail above)."""
+    for tag in SUPPORTED:
+        used = check("kdeploy/runtime/trt_build.py", Api.load(tag)).used
+        assert {
+            "trt.NetworkDefinitionCreationFlag",
+            "NetworkDefinitionCreationFlag.STRONGLY_TYPED",
+            "INetworkDefinition.get_flag",
+            "Builder.create_network",
+        } <= used, tag
 
 
 def polygraphy_uses(module: str) -> dict[str, set[str]]:

@@ -84,13 +84,23 @@ def throughputs(opened: dict[str, _Opened], texts: list[str], cfg: BenchConfig) 
     }
 
 
+def model_bytes(model_file: Path) -> int:
+    """Size of a model file on disk (an OpenVINO model.xml with its model.bin)."""
+    files = (
+        [model_file, model_file.with_suffix(".bin")]
+        if model_file.suffix == ".xml"
+        else [model_file]
+    )
+    return sum(f.stat().st_size for f in files if f.is_file())
+
+
 def _describe(m: _Opened, grid: list[dict]) -> dict:
     return {
         "model": str(m.model_dir),
         "precision": m.card.precision,
         "role": m.card.role,
         "layers": m.card.extra.get("layers"),
-        "onnx_bytes": (m.model_dir / m.card.model_file).stat().st_size,
+        "onnx_bytes": model_bytes(m.model_dir / m.card.model_file),
         "model_file": m.card.model_file,
         "io": getattr(m.runner, "io_mode", "host"),
         "latency": grid,

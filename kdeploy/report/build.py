@@ -8,7 +8,7 @@ from typing import Any
 from kdeploy import __version__
 from kdeploy.core.deps import version_of
 from kdeploy.evaluation.budgets import check_budgets
-from kdeploy.evaluation.variants import VARIANTS
+from kdeploy.evaluation.variants import VARIANTS, engine_of
 from kdeploy.onnxtools.layers import module_of
 
 TOOL_DISTS = (
@@ -154,7 +154,13 @@ def chain_rows(
         b, v, st = bench_models.get(name, {}), v_models.get(name, {}), model_stats.get(name, {})
         role = b.get("role") or st.get("role")
         kind = (
-            "reference" if name == "teacher_fp32" else "baseline" if role == "teacher" else "chain"
+            "reference"
+            if name == "teacher_fp32"
+            else "baseline"
+            if role == "teacher"
+            else "engine"  # another engine's model of the same student, beside the chain
+            if engine_of(name) == "openvino"
+            else "chain"
         )
         budget_rows = []
         if (

@@ -348,11 +348,16 @@ def chain_table(r: dict[str, Any]) -> list[str]:
             f"{_fmt(x['p50_ms'])} | {_fmt(x['p99_ms'])} | {_fmt(x['sentences_per_s'], 1)} | "
             f"{speed} | {verdict} |"
         )
-    chain = [x["model"] for x in rows if x["kind"] != "baseline"]
+    chain = [x["model"] for x in rows if x["kind"] in ("reference", "chain")]
     base = [x["model"] for x in rows if x["kind"] == "baseline"]
+    other = [x["model"] for x in rows if x["kind"] == "engine"]
     out += [
         "",
-        "Chain: " + " -> ".join(chain) + (f"; baseline: {', '.join(base)}" if base else "") + ".",
+        "Chain: "
+        + " -> ".join(chain)
+        + (f"; other engine: {', '.join(other)} (from the same student)" if other else "")
+        + (f"; baseline: {', '.join(base)}" if base else "")
+        + ".",
     ]
     if r.get("not_in_profile"):
         out.append(f"Not part of this profile (disabled): {', '.join(r['not_in_profile'])}.")

@@ -15,6 +15,7 @@ KIND_STYLE = {
     "reference": {"color": "black", "marker": "s"},
     "baseline": {"color": "tab:gray", "marker": "D"},
     "chain": {"color": "tab:blue", "marker": "o"},
+    "engine": {"color": "tab:orange", "marker": "^"},
 }
 
 

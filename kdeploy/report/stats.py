@@ -15,6 +15,8 @@ def model_stats(model_dir: Path) -> dict:
     files = [model_file] + [
         p for p in model_dir.glob(f"{model_file.name}*") if p != model_file and p.is_file()
     ]
+    if model_file.suffix == ".xml":  # OpenVINO IR: the weights are in model.bin
+        files += [p for p in [model_file.with_suffix(".bin")] if p.is_file()]
     stats = {
         "bytes": sum(p.stat().st_size for p in files),
         "role": card.role,

@@ -208,6 +208,14 @@ def test_the_run_records_and_packages_its_choice(tiny_ov_run):
     md = (tiny_ov_run / "package" / "report.md").read_text()
     assert "## Engines (picked by measurement)" in md
     assert verify["deploy_reason"] in md
+    # beside the chain, not after it; its size counts model.bin
+    assert (
+        "Chain: teacher_fp32 -> student_fp32 -> student_int8; other engine: student_openvino" in md
+    )
+    report = json.loads((tiny_ov_run / "package" / "report.json").read_text())
+    row = next(r for r in report["chain"] if r["model"] == "student_openvino")
+    bin_mb = (tiny_ov_run / "quantize" / "openvino" / "model.bin").stat().st_size / 1e6
+    assert row["kind"] == "engine" and row["size_mb"] >= round(bin_mb, 2)
 
 
 # ------------------------------------------------------------------ Triton

@@ -133,14 +133,34 @@ def test_smoke_runtime_overhead(tiny_run, stsb_small, tmp_path):
     assert "runtime output == hand output: True" in body and "| bucketed |" in body
 
 
-def test_smoke_vs_baselines(tiny_ov_run, tmp_path, monkeypatch):
-    mod = bench_module("vs_baselines")
-    monkeypatch.setattr(mod, "CACHE", tmp_path / "cache")
+def run_in_child(script: str, argv: list[str], **env: str) -> None:
+    """A benchmark in its own process. The two that run OpenVINO and NNCF (vs_baselines,
+    cpu_variants) do not run inside the test process: after them, a SIGINT this process
+    sends itself (test_interrupt_safety) ended it with a segfault (not reproduced outside
+    pytest; see the closing notes of issue 18)."""
+    import os
+    import subprocess
+
+    res = subprocess.run(
+        [sys.executable, str(BENCH / f"{script}.py"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_smoke_vs_baselines(tiny_ov_run, tmp_path):
     out = tmp_path / "R.md"
     run = tmp_path / "run"
     shutil.copytree(tiny_ov_run, run)
     argv = ["--run", str(run), "--rounds", "1", "--batches", "1", "8", "--bucket"]
-    mod.main([*argv, "--write", "--results", str(out)])
+    run_in_child(
+        "vs_baselines",
+        [*argv, "--write", "--results", str(out)],
+        KDEPLOY_CACHE=str(tmp_path / "cache"),
+    )
     body = written(out, "vs_baselines", "vs_baselines")
     assert "| teacher optimum+ORT dyn INT8 |" in body and "| kdeploy student_int8 |" in body
     # the strongest CPU peer and kdeploy's OpenVINO model, ratios against the faster peer
@@ -153,7 +173,7 @@ def test_smoke_cpu_variants(tiny_run_copy, tmp_path):
     argv = ["--run", str(tiny_run_copy), "--rounds", "1", "--latency-texts", "4"]
     argv += ["--only", "dyn-s8-pc", "dyn-matmul", "ov-nncf", "ov-static-qdq-s8s8"]
     argv += ["--work", str(tmp_path / "v")]
-    bench_module("cpu_variants").main([*argv, "--write", "--results", str(out)])
+    run_in_child("cpu_variants", [*argv, "--write", "--results", str(out)])
     body = written(out, "cpu_variants", "cpu_variants")
     assert "| dyn-s8-pc |" in body and "| teacher optimum dyn-INT8 |" in body
     assert "| ov-nncf |" in body and "| ov-static-qdq-s8s8 |" in body

@@ -314,6 +314,9 @@ TRT_TINY = [
     "quantize.calibration_texts=64",
     "sparsify.min_features=8",
     "export.shapes.sequence={min: 1, opt: 64, max: 128}",
+    # the tiny model's dev Spearman is noise around 0-10, where a pair's rank moves it by
+    # points: the FP16 graph's metric gate is loosened (its cosine to the source is not)
+    "quantize.cast_budget.min_retention=0.5",
 ]
 
 

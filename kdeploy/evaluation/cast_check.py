@@ -108,9 +108,14 @@ class CastCheck:
 
     @property
     def passed(self) -> bool:
+        """Cosine within budget and the metric lost at most (1 - min_retention) of the FP32
+        graph's magnitude: the retention ratio for a positive metric, and still sound when
+        the FP32 graph's metric is zero or negative (an untrained model's Spearman), where
+        a higher FP16 value would read as a ratio under 1."""
+        allowed = (1 - self.budget_min_retention) * abs(self.fp32_value)
         return (
             self.min_cosine >= self.budget_min_cosine
-            and self.retention >= self.budget_min_retention
+            and self.fp32_value - self.fp16_value <= allowed
         )
 
     def to_json(self) -> dict:

@@ -63,7 +63,14 @@ def _times(x: float | None) -> str:
 
 
 def _deployed(report: dict[str, Any]) -> dict[str, Any]:
-    return next((r for r in report.get("chain") or [] if r.get("deploy")), {})
+    """The chain row of the model whose graph the folder holds: the deployed one, or, when
+    the run deployed another engine's model (OpenVINO IR, which these folders do not
+    hold), the last model of the ONNX Runtime chain."""
+    chain = report.get("chain") or []
+    row = next((r for r in chain if r.get("deploy")), {})
+    if row.get("kind") == "engine":
+        row = next((r for r in reversed(chain) if r.get("kind") == "chain"), {})
+    return row
 
 
 def front_matter(report: dict[str, Any], ctx: CardContext) -> dict[str, Any]:
@@ -176,7 +183,8 @@ def metrics_lines(report: dict[str, Any]) -> list[str]:
         ret = f"{100 * r['retention']:.1f}%" if r.get("retention") is not None else "-"
         sps = r.get("sentences_per_s")
         vs_int8 = _times(sps / tp[base] if base and sps else None)
-        name = f"**{r['model']}** (this folder's default)" if r.get("deploy") else r["model"]
+        own = r["model"] == _deployed(report).get("model")
+        name = f"**{r['model']}** (this folder's default)" if own else r["model"]
         out.append(
             f"| {name} | {r.get('precision') or '-'} | {r.get('layers') or '-'} | "
             f"{_num(r.get('value'))} | {ret} | {_num(sps, 0)} | "

@@ -277,6 +277,8 @@ def test_report_section_shows_the_plan_the_layers_and_the_trtexec_line():
         )
     )
     assert "## TensorRT engine" in text and "TensorRT 10.9.0 for a100 (SM 8.0)" in text
-    assert "builder flags INT8, FP16" in text and "built in 12.5s" in text
+    # strongly typed: no precision flags, the 2:4 profile's SPARSE_WEIGHTS only
+    assert "builder flags SPARSE_WEIGHTS," in text and "built in 12.5s" in text
+    assert "INT8, FP16" not in text
     assert trtexec_command(plan) in text
     assert "do not run INT8" in text

@@ -147,8 +147,7 @@ def build_openvino_variants(
     """OpenVINO IR files: the fp32 graph, NNCF INT8 of it, the ORT static Q/DQ graph."""
     import openvino as ov
 
-    from kdeploy.runtime.text import TextEncoder
-    from kdeploy.train.openvino_int8 import _feeds, _nncf_quantize
+    from kdeploy.train.openvino_int8 import nncf_int8
 
     out: dict[str, Path] = {}
     core = ov.Core()
@@ -162,10 +161,8 @@ def build_openvino_variants(
         out[name] = p
     p = work / "ov-nncf.xml"
     if not p.exists():
-        src = variants["fp32"]
-        inputs = [i.get_any_name() for i in core.read_model(str(src)).inputs]
-        samples = _feeds(TextEncoder(tok, max_len), calib, inputs)
-        ov.save_model(_nncf_quantize(ov, src, samples), str(p), compress_to_fp16=False)
+        model = nncf_int8(variants["fp32"], tok, max_len, calib)
+        ov.save_model(model, str(p), compress_to_fp16=False)
     out["ov-nncf"] = p
     return out
 

@@ -83,15 +83,13 @@ def openvino_baseline(
     optimum-intel); built once and cached beside the optimum baselines."""
     import openvino as ov
 
-    from kdeploy.runtime.text import TextEncoder
-    from kdeploy.train.openvino_int8 import _feeds, _nncf_quantize
+    from kdeploy.train.openvino_int8 import nncf_int8
 
     out = fp32_onnx.parent.parent / "openvino-nncf-int8" / "model.xml"
     if not out.is_file():
-        inputs = [i.get_any_name() for i in ov.Core().read_model(str(fp32_onnx)).inputs]
-        samples = _feeds(TextEncoder(tokenizer_json, max_len), texts, inputs)
         out.parent.mkdir(parents=True, exist_ok=True)
-        ov.save_model(_nncf_quantize(ov, fp32_onnx, samples), str(out), compress_to_fp16=False)
+        model = nncf_int8(fp32_onnx, tokenizer_json, max_len, texts)
+        ov.save_model(model, str(out), compress_to_fp16=False)
     return out
 
 

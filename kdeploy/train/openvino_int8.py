@@ -52,13 +52,16 @@ class OpenVinoInt8:
         return asdict(self)
 
 
-def _feeds(enc: TextEncoder, texts: list[str], inputs: list[str]) -> list[dict]:
-    return [{k: v for k, v in enc.encode([t]).items() if k in inputs} for t in texts]
-
-
-def _nncf_quantize(ov, src: Path, samples: list[dict]):
+def nncf_int8(src: Path, tokenizer_json: Path, max_len: int, texts: list[str]):
+    """NNCF static INT8 (transformer model type) of the ONNX graph ``src``, calibrated on
+    ``texts`` one per sample; the quantized ``openvino.Model``. Also what the benchmarks'
+    OpenVINO rows use, so they measure the quantizer kdeploy ships."""
+    ov = require("openvino", feature="the OpenVINO engine")
     nncf = require("nncf", feature="OpenVINO INT8 (NNCF)")
     model = ov.Core().read_model(str(src))
+    inputs = {p.get_any_name() for p in model.inputs}
+    enc = TextEncoder(tokenizer_json, max_len)
+    samples = [{k: v for k, v in enc.encode([t]).items() if k in inputs} for t in texts]
     return nncf.quantize(
         model,
         nncf.Dataset(samples),
@@ -113,9 +116,8 @@ def openvino_int8(
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
     if method == "nncf":
-        enc = TextEncoder(src_dir / card.tokenizer_file, card.max_seq_length)
-        inputs = [i.get_any_name() for i in ov.Core().read_model(str(src)).inputs]
-        model = _nncf_quantize(ov, src, _feeds(enc, calibration_texts, inputs))
+        tok = src_dir / card.tokenizer_file
+        model = nncf_int8(src, tok, card.max_seq_length, calibration_texts)
         source = src
     elif method == "qdq":
         if qdq_onnx is None or not qdq_onnx.is_file():

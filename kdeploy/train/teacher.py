@@ -102,6 +102,14 @@ class TargetsRecord:
     check_max_abs_diff: float | None = None
     reason: str = ""
 
+    def describe(self) -> str:
+        check = (
+            f", one batch vs torch: max |diff| {self.check_max_abs_diff:.1e}"
+            if self.check_max_abs_diff is not None
+            else ""
+        )
+        return f"teacher targets by {self.engine} in {self.seconds:.1f}s{check}"
+
 
 def fastest_exact_targets(
     teacher,
@@ -238,13 +246,7 @@ def prepare_teacher(
     def compute() -> np.ndarray:
         records.clear()
         targets = distributed.sharded(on_shard, items)  # each rank its shard, gathered
-        record = records[-1]  # this rank's (rank 0's is the one logged)
-        check = (
-            f", one batch vs torch: max |diff| {record.check_max_abs_diff:.1e}"
-            if record.check_max_abs_diff is not None
-            else ""
-        )
-        log(f"teacher targets by {record.engine} in {record.seconds:.1f}s{check}")
+        log(records[-1].describe())  # this rank's (rank 0's is the one logged)
         return targets
 
     targets = _cached_targets(cache, key, compute, log)
